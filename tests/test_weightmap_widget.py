@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from napari.layers import Image
+
+from napari_unetkit.synthetic import synthetic_nuclei
+from napari_unetkit.weightmap import PRESETS, weights_and_target
+
+pytestmark = pytest.mark.gui
+
+
+def dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unetkit", "Boundary weight map")
+    return widget
+
+
+def run_and_wait(qtbot, widget):
+    widget._run.native.click()
+    assert widget._runner.worker is not None
+    with qtbot.waitSignal(widget._runner.worker.finished, timeout=60_000):
+        pass
+
+
+def test_without_labels_the_button_is_disabled_with_a_reason(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)))
+    widget = dock(viewer)
+    assert not widget._run.enabled
+    assert "Labels layer" in widget._message.value
+
+
+def test_widget_layer_equals_the_engine_function(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, labels = synthetic_nuclei(shape=(96, 96), seed=3)
+    layer = viewer.add_labels(labels, name="cells", scale=(0.5, 0.5), translate=(3, 4))
+    widget = dock(viewer)
+    widget._labels.value = layer
+    widget._show_target.value = True
+    assert widget._run.enabled
+    run_and_wait(qtbot, widget)
+    result = viewer.layers["cells weights"]
+    assert isinstance(result, Image)
+    expected, target = weights_and_target(labels, settings=PRESETS["paper"])
+    np.testing.assert_array_equal(result.data, expected)
+    np.testing.assert_array_equal(viewer.layers["cells separated"].data, target)
+    assert tuple(result.scale) == (0.5, 0.5) and tuple(result.translate) == (3, 4)
+    np.testing.assert_array_equal(layer.data, labels)  # the user's layer is untouched
+    # A second run replaces our own weights layer instead of piling up copies.
+    widget._preset.value = "falk2019"
+    assert widget._w0.value == PRESETS["falk2019"].w0
+    run_and_wait(qtbot, widget)
+    falk, _ = weights_and_target(labels, settings=PRESETS["falk2019"])
+    np.testing.assert_array_equal(viewer.layers["cells weights"].data, falk)
+    assert [layer.name for layer in viewer.layers].count("cells weights") == 1
+
+
+def test_stack_is_computed_slice_wise(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    labels = np.stack([synthetic_nuclei(shape=(48, 48), seed=s)[1] for s in range(3)])
+    viewer.add_labels(labels, name="stack")
+    widget = dock(viewer)
+    run_and_wait(qtbot, widget)
+    weights = viewer.layers["stack weights"].data
+    for z in range(3):
+        expected, _ = weights_and_target(labels[z], settings=PRESETS["paper"])
+        np.testing.assert_array_equal(weights[z], expected)
+
+
+def test_settings_are_remembered(make_napari_viewer):
+    viewer = make_napari_viewer()
+    first = dock(viewer)
+    first._sigma.value = 7.5
+    assert first._preset.value == "custom"
+    viewer.close()
+    second = dock(make_napari_viewer())
+    assert second._sigma.value == 7.5
+    assert second._preset.value == "custom"
