@@ -17,7 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from napari_unetkit import __version__
+from napari_unetkit.demo import DEMO_TIME_LIMIT
 from napari_unetkit.progress import Cancelled
 
 EXIT_ERROR = 1
@@ -155,6 +158,222 @@ def _add_weightmap_options(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def infer_channel_axis(
+    image_shape: tuple[int, ...],
+    channels: int | None = None,
+    labels_shape: tuple[int, ...] | None = None,
+) -> int | None:
+    """Guess the channel axis of an image read from a file.
+
+    With labels: the axis whose removal gives the labels' shape (last axis first). With a
+    model's channel count ``channels > 1``: the last axis if it has that size, else the first.
+    Otherwise ``None`` (grey image or stack).
+    """
+    if labels_shape is not None and len(image_shape) == len(labels_shape) + 1:
+        for axis in (len(image_shape) - 1, 0):
+            if image_shape[:axis] + image_shape[axis + 1 :] == tuple(labels_shape):
+                return axis - len(image_shape) if axis else 0
+    if channels and channels > 1:
+        if image_shape[-1] == channels:
+            return -1
+        if image_shape[0] == channels:
+            return 0
+    return None
+
+
+def _train_progress_printer(display: TextProgress):
+    """Return a trainer progress callback that draws one status line."""
+
+    def show(event) -> None:
+        epochs = f"/{event.n_epochs}" if event.n_epochs else ""
+        parts = [f"epoch {event.epoch}{epochs}"]
+        if event.steps_per_epoch:
+            parts.append(f"step {event.step}/{event.steps_per_epoch}")
+        if event.train_loss is not None:
+            parts.append(f"loss {event.train_loss:.4f}")
+        if event.val_loss is not None:
+            parts.append(f"val loss {event.val_loss:.4f}")
+        score = event.metrics.get("val_f1", event.metrics.get("val_iou"))
+        if score is not None:
+            name = "F1" if "val_f1" in event.metrics else "IoU"
+            parts.append(f"val {name} {score:.3f}")
+        parts.append(f"{format_seconds(event.elapsed)} elapsed, ETA {format_seconds(event.eta)}")
+        epoch_end = event.stage in ("validating", "done") and event.val_loss is not None
+        display.show(f"{event.stage:>10}: " + " | ".join(parts), force=epoch_end)
+
+    return show
+
+
+def _read_pairs(images: list[str], labels: list[str], what: str) -> list[tuple]:
+    from napari_unetkit.io import read_image
+
+    if len(images) != len(labels):
+        raise CommandError(
+            f"Give one {what} labels file per image: {len(images)} image(s), "
+            f"{len(labels)} labels file(s)."
+        )
+    return [(read_image(i), read_image(lab)) for i, lab in zip(images, labels, strict=True)]
+
+
+def _training_config(args: argparse.Namespace, channel_axis: int | None):
+    from napari_unetkit.augmentation import AugmentationSettings
+    from napari_unetkit.training import TrainConfig
+
+    defaults = TrainConfig()
+    epochs = (
+        args.epochs
+        if args.epochs is not None
+        else (None if args.time_limit is not None else defaults.epochs)
+    )
+    values = {
+        "mode": args.mode,
+        "epochs": epochs,
+        "time_limit": args.time_limit,
+        "weightmap": _weightmap_settings(args),
+        "channel_axis": channel_axis,
+        "device": args.device,
+        "seed": args.seed,
+        "augmentation": None if args.no_augment else AugmentationSettings(),
+    }
+    for name in ("patch_size", "batch_size", "base_channels", "depth", "val_fraction"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.lr is not None:
+        values["learning_rate"] = args.lr
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``unetkit train``: train (or fine-tune) a model on TIFF images and labels."""
+    from napari_unetkit.io import read_image
+    from napari_unetkit.modelfile import SUFFIX
+    from napari_unetkit.training import train
+
+    out = Path(args.out)
+    out = out if out.suffix == SUFFIX else out.with_name(out.name + SUFFIX)
+    out = check_output(out, args.overwrite)
+    pairs = _read_pairs(args.image, args.labels, "training")
+    validation = None
+    if args.val_image or args.val_labels:
+        validation = _read_pairs(args.val_image, args.val_labels, "validation")
+    regions = None
+    if args.region:
+        if len(args.region) != len(pairs):
+            raise CommandError("Give one --region mask per --image (or none at all).")
+        regions = [read_image(path) > 0 for path in args.region]
+    first_image, first_labels = pairs[0]
+    channel_axis = args.channel_axis
+    if channel_axis is None:
+        channel_axis = infer_channel_axis(first_image.shape, labels_shape=first_labels.shape)
+    config = _training_config(args, channel_axis)
+    display = TextProgress()
+    print(f"Training on {len(pairs)} image(s); model file: {out}", file=sys.stderr)
+    with CancelOnInterrupt() as cancel:
+        result = train(
+            pairs,
+            config,
+            out=out,
+            validation=validation,
+            regions=regions,
+            resume=args.resume,
+            progress=_train_progress_printer(display),
+            cancel=cancel,
+        )
+    display.show("", force=False)
+    best = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
+    print(
+        f"Done: {result.epochs_run} epoch(s), {result.steps_run} steps in "
+        f"{format_seconds(result.elapsed)} (stopped by {result.stopped_by}); best validation "
+        f"score {best} at epoch {result.best_epoch}. Model saved to {result.model_path}."
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``unetkit predict``: labels (and probabilities) of an image with a trained model."""
+    from napari_unetkit.io import read_image, write_tiff
+    from napari_unetkit.prediction import Predictor
+
+    out = check_output(args.out, args.overwrite)
+    prob_out = check_output(args.probabilities, args.overwrite) if args.probabilities else None
+    predictor = Predictor.from_file(
+        args.model, device=args.device, tile_size=args.tile_size, tta=args.tta
+    )
+    image = read_image(args.image)
+    channel_axis = args.channel_axis
+    if channel_axis is None:
+        in_channels = predictor.config.in_channels
+        channel_axis = infer_channel_axis(image.shape, channels=in_channels)
+    display = TextProgress()
+
+    def show(done: float, total: int) -> None:
+        display.show(
+            f"predicting {TextProgress.bar(int(done * 100), total * 100)} "
+            f"slice {min(int(done) + 1, total)}/{total}",
+            force=done >= total,
+        )
+
+    with CancelOnInterrupt() as cancel:
+        result = predictor.predict(
+            image,
+            channel_axis,
+            output=args.output,
+            threshold=args.threshold,
+            min_size=args.min_size,
+            link_3d=args.link_3d,
+            return_probabilities=prob_out is not None,
+            progress=show,
+            cancel=cancel,
+        )
+    metadata = {"model": str(args.model), "source": str(args.image)}
+    if result.labels is not None:
+        write_tiff(out, result.labels, overwrite=args.overwrite, labels=True, metadata=metadata)
+        n = len(np.unique(result.labels)) - 1 if result.output == "instances" else None
+        what = f"{n} instances" if n is not None else "semantic labels"
+        print(f"Labels written to {out} ({what}).")
+    if prob_out is not None:
+        write_tiff(prob_out, result.probabilities, overwrite=args.overwrite, metadata=metadata)
+        print(f"Probabilities written to {prob_out}.")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``unetkit demo``: the Quick start job on built-in synthetic nuclei."""
+    from napari_unetkit.demo import run_demo
+
+    folder = Path(args.out)
+    display = TextProgress()
+    print(
+        f"napari-unetkit demo: training a U-Net on synthetic nuclei for up to "
+        f"{format_seconds(args.time_limit)} (Ctrl-C stops early and keeps the best model)."
+    )
+    with CancelOnInterrupt() as cancel:
+        result = run_demo(
+            folder,
+            time_limit=args.time_limit,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=_train_progress_printer(display),
+            cancel=cancel,
+        )
+    scores = result.scores
+    training = result.training
+    print(
+        f"Trained {training.epochs_run} epoch(s), {training.steps_run} steps in "
+        f"{format_seconds(training.elapsed)}."
+    )
+    print("Scores on a held-out test image (never seen in training):")
+    print(
+        f"  instance F1 at IoU 0.5: {scores['f1']:.3f}   precision {scores['precision']:.3f}"
+        f"   recall {scores['recall']:.3f}"
+    )
+    print(f"  foreground IoU: {scores['foreground_iou']:.3f}   Dice: {scores['dice']:.3f}")
+    print(f"Results written to {result.folder.resolve()}:")
+    for role, path in result.files.items():
+        print(f"  {path.name:<24} {role}")
+    return 0
+
+
 def cmd_weightmap(args: argparse.Namespace) -> int:
     """``unetkit weightmap``: labels TIFF in, weight-map TIFF out."""
     from napari_unetkit.io import read_image, write_tiff
@@ -231,6 +450,90 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iou-threshold", type=float, default=0.5, help="Default 0.5.")
     evaluate.add_argument("--json", action="store_true", help="Print JSON.")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    train = commands.add_parser(
+        "train",
+        help="Train a U-Net on images and labels (TIFF).",
+        description="Train (or fine-tune) a U-Net. Repeat --image/--labels for several pairs. "
+        "Stacks (Z, Y, X) are used slice by slice. Ctrl-C stops cleanly and keeps the best "
+        "model.",
+    )
+    data = train.add_argument_group("data")
+    data.add_argument("--image", action="append", required=True, help="Image (TIFF/.npy).")
+    data.add_argument("--labels", action="append", required=True, help="Labels for --image.")
+    data.add_argument(
+        "--region", action="append", help="Annotated-region mask per image (sparse labels)."
+    )
+    data.add_argument("--val-image", action="append", default=[], help="Validation image.")
+    data.add_argument("--val-labels", action="append", default=[], help="Validation labels.")
+    data.add_argument(
+        "--mode",
+        choices=("instances", "classes"),
+        default="instances",
+        help="instances: labels are cell ids (default); classes: 1..K are classes, 0 = "
+        "not annotated.",
+    )
+    data.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
+    train.add_argument("--out", required=True, help="Model file to write (.unet).")
+    train.add_argument("--overwrite", action="store_true", help="Replace an existing file.")
+    train.add_argument("--resume", help="Model file to continue training from.")
+    budget = train.add_argument_group("budget")
+    budget.add_argument("--epochs", type=int, help="Number of epochs.")
+    budget.add_argument("--time-limit", type=float, help="Training time limit in seconds.")
+    knobs = train.add_argument_group("settings")
+    knobs.add_argument("--patch-size", type=int, help="Training patch side (pixels).")
+    knobs.add_argument("--batch-size", type=int, help="Patches per step.")
+    knobs.add_argument("--base-channels", type=int, help="Width of the first level.")
+    knobs.add_argument("--depth", type=int, help="Number of down-sampling steps.")
+    knobs.add_argument("--lr", type=float, help="Peak learning rate.")
+    knobs.add_argument("--val-fraction", type=float, help="Held-out fraction (0 to <1).")
+    knobs.add_argument("--no-augment", action="store_true", help="Disable augmentation.")
+    knobs.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    knobs.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    _add_weightmap_options(train)
+    train.set_defaults(handler=cmd_train)
+
+    predict = commands.add_parser(
+        "predict",
+        help="Predict labels of an image with a trained model.",
+        description="Overlap-tile prediction of a 2D image or a stack (slice by slice).",
+    )
+    predict.add_argument("--model", required=True, help="Model file (.unet).")
+    predict.add_argument("--image", required=True, help="Image (TIFF/.npy).")
+    predict.add_argument("--out", required=True, help="Labels TIFF to write.")
+    predict.add_argument("--probabilities", help="Also write probabilities to this TIFF.")
+    predict.add_argument("--overwrite", action="store_true", help="Replace existing files.")
+    predict.add_argument(
+        "--output",
+        choices=("auto", "instances", "semantic"),
+        default="auto",
+        help="auto: instances for instance models, classes for class models.",
+    )
+    predict.add_argument("--threshold", type=float, default=0.5, help="Foreground threshold.")
+    predict.add_argument("--min-size", type=int, help="Smallest instance in pixels.")
+    predict.add_argument("--link-3d", action="store_true", help="Link instances across slices.")
+    predict.add_argument("--tile-size", type=int, help="Tile size in pixels (default: auto).")
+    predict.add_argument("--tta", action="store_true", help="Average over flips (slower).")
+    predict.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    predict.set_defaults(handler=cmd_predict)
+
+    demo = commands.add_parser(
+        "demo",
+        help="Train on built-in synthetic nuclei, predict, score and write results.",
+        description="The Quick start job: synthetic touching nuclei -> training -> prediction "
+        "of a held-out image -> labels TIFF, weight-map TIFF, PNG overlay, scores.",
+    )
+    demo.add_argument("--out", default="demo-output", help="Output folder (default demo-output).")
+    demo.add_argument("--overwrite", action="store_true", help="Replace earlier demo files.")
+    demo.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEMO_TIME_LIMIT,
+        help=f"Training seconds (default {DEMO_TIME_LIMIT:g}).",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
