@@ -235,7 +235,15 @@ def _training_config(args: argparse.Namespace, channel_axis: int | None):
         "seed": args.seed,
         "augmentation": None if args.no_augment else AugmentationSettings(),
     }
-    for name in ("patch_size", "batch_size", "base_channels", "depth", "val_fraction"):
+    sizes = (
+        "patch_size",
+        "batch_size",
+        "base_channels",
+        "depth",
+        "val_fraction",
+        "steps_per_epoch",
+    )
+    for name in sizes:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.lr is not None:
@@ -480,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = train.add_argument_group("budget")
     budget.add_argument("--epochs", type=int, help="Number of epochs.")
     budget.add_argument("--time-limit", type=float, help="Training time limit in seconds.")
+    budget.add_argument("--steps-per-epoch", type=int, help="Steps between validations.")
     knobs = train.add_argument_group("settings")
     knobs.add_argument("--patch-size", type=int, help="Training patch side (pixels).")
     knobs.add_argument("--batch-size", type=int, help="Patches per step.")

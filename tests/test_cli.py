@@ -1,0 +1,115 @@
+"""The ``unetkit`` command, end to end on small synthetic data."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unetkit.cli import infer_channel_axis, main
+from napari_unetkit.metrics import evaluate
+from napari_unetkit.modelfile import load_model
+from napari_unetkit.synthetic import synthetic_nuclei
+from napari_unetkit.weightmap import weights_and_target
+
+TINY = [
+    "--epochs", "1", "--steps-per-epoch", "3", "--patch-size", "64", "--batch-size", "2",
+    "--base-channels", "4", "--depth", "2", "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture
+def nuclei(tmp_path):
+    image, labels = synthetic_nuclei(shape=(96, 96), seed=5)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    return tmp_path, image, labels
+
+
+def test_weightmap_command_writes_the_engine_result(nuclei):
+    folder, _, labels = nuclei
+    out, target = folder / "weights.tif", folder / "target.tif"
+    args = ["weightmap", "--labels", str(folder / "labels.tif"), "--out", str(out)]
+    assert main([*args, "--preset", "falk2019", "--target", str(target)]) == 0
+    expected, separated = weights_and_target(labels, preset="falk2019")
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    np.testing.assert_array_equal(tifffile.imread(target), separated)
+
+
+def test_existing_output_is_refused_without_overwrite(nuclei, capsys):
+    folder, _, _ = nuclei
+    out = folder / "weights.tif"
+    out.write_bytes(b"precious")
+    args = ["weightmap", "--labels", str(folder / "labels.tif"), "--out", str(out)]
+    assert main(args) == 1
+    assert out.read_bytes() == b"precious"
+    error = capsys.readouterr().err
+    assert "--overwrite" in error and "Traceback" not in error
+    assert main([*args, "--overwrite", "--w0", "3"]) == 0
+    assert tifffile.imread(out).dtype == np.float32
+
+
+def test_evaluate_command_prints_json(nuclei, capsys):
+    folder, _, labels = nuclei
+    shifted = np.roll(labels, 2, axis=1)
+    tifffile.imwrite(folder / "pred.tif", shifted)
+    capsys.readouterr()
+    args = ["evaluate", "--truth", str(folder / "labels.tif"), "--pred", str(folder / "pred.tif")]
+    assert main([*args, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == pytest.approx(evaluate(labels, shifted))
+
+
+def test_train_then_predict(nuclei, capsys):
+    folder, image, _ = nuclei
+    model = folder / "cells"
+    args = ["train", "--image", str(folder / "image.tif"), "--labels", str(folder / "labels.tif")]
+    assert main([*args, "--out", str(model), *TINY]) == 0
+    network, description = load_model(folder / "cells.unet")
+    assert description["mode"] == "instances"
+    assert network.config.base_channels == 4 and network.config.depth == 2
+    out, prob = folder / "pred.tif", folder / "prob.tif"
+    predict = ["predict", "--model", str(folder / "cells.unet"), "--image"]
+    assert main([*predict, str(folder / "image.tif"), "--out", str(out), "--probabilities",
+                 str(prob), "--device", "cpu"]) == 0  # fmt: skip
+    labels = tifffile.imread(out)
+    assert labels.shape == image.shape and np.issubdtype(labels.dtype, np.integer)
+    probabilities = tifffile.imread(prob)
+    assert probabilities.shape == image.shape
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    assert "Model saved" in capsys.readouterr().out
+
+
+def test_bad_model_file_is_one_line_without_traceback(nuclei, capsys):
+    folder, _, _ = nuclei
+    bad = folder / "bad.unet"
+    bad.write_bytes(b"\x00garbage" * 50)
+    args = ["predict", "--model", str(bad), "--image", str(folder / "image.tif")]
+    assert main([*args, "--out", str(folder / "out.tif")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("unetkit: error:") and "bad.unet" in error
+    assert "\n" not in error and "Traceback" not in error
+    assert not (folder / "out.tif").exists()
+
+
+def test_missing_output_folder_is_refused_before_training(nuclei, capsys):
+    folder, _, _ = nuclei
+    args = ["train", "--image", str(folder / "image.tif"), "--labels", str(folder / "labels.tif")]
+    assert main([*args, "--out", str(folder / "missing" / "m.unet"), *TINY]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "channels", "labels_shape", "expected"),
+    [
+        ((64, 64), None, (64, 64), None),
+        ((64, 64, 3), None, (64, 64), -1),
+        ((3, 64, 64), None, (64, 64), 0),
+        ((5, 64, 64), None, (5, 64, 64), None),
+        ((64, 64, 3), 3, None, -1),
+        ((3, 64, 64), 3, None, 0),
+        ((3, 64, 64), 1, None, None),
+    ],
+)
+def test_channel_axis_inference(image_shape, channels, labels_shape, expected):
+    assert infer_channel_axis(image_shape, channels, labels_shape) == expected
