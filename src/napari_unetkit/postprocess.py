@@ -1,0 +1,299 @@
+"""Turn network probabilities into label images: semantic classes, instances, 3D instances.
+
+Instance models are trained on *separated* targets: touching cells are cut apart by a thin
+background ridge (1-2 px, see :func:`napari_unetkit.weightmap.separate_instances`). So
+:func:`instances_from_probabilities` thresholds the foreground, takes 4-connected components
+(8-connectivity would leak through the diagonal steps of a ridge), removes small fragments and
+then gives the ridge pixels back to the cells on either side of them, without growing any cell
+outwards into open background. :func:`link_slices` joins per-slice instances of a stack into 3D
+instances by one-to-one overlap matching between neighbouring slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import disk
+from skimage.segmentation import expand_labels, relabel_sequential
+
+from napari_unetkit.metrics import match_sparse, overlaps
+
+#: 4-connectivity in 2D (edges only, no diagonals).
+_CROSS = ndi.generate_binary_structure(2, 1)
+
+
+def _smallest_uint(max_value: int) -> np.dtype:
+    """Smallest unsigned integer dtype holding ``max_value``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def semantic_from_probabilities(probs: np.ndarray, offset: int = 0) -> np.ndarray:
+    """Per-pixel most likely class, as a label image.
+
+    Convention: the result is ``argmax(probs, axis=0) + offset``. Instance and binary models use
+    ``offset=0`` (class index 0 is background, label 0). Class-mode models, whose class index
+    ``k`` stands for the user's class label ``k + 1`` (label 0 meaning "not annotated"), use
+    ``offset=1``. Ties go to the lower class index.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        Class probabilities (or logits: only their order matters), shape ``(K, ...)``.
+    offset : int
+        Value added to the class index; must be ``>= 0``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of shape ``probs.shape[1:]``, ``uint8`` when ``K - 1 + offset`` fits, else
+        ``uint16`` (or wider).
+    """
+    probs = np.asarray(probs)
+    if probs.ndim < 2:
+        raise ValueError(f"probs must have shape (K, ...) with K classes, got {probs.shape}.")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}.")
+    dtype = _smallest_uint(probs.shape[0] - 1 + offset)
+    labels = np.argmax(probs, axis=0).astype(dtype)
+    if offset:
+        labels += dtype.type(offset)
+    return labels
+
+
+def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Set instances with fewer than ``min_size`` pixels to background (returns a copy).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer label image, ``0`` = background.
+    min_size : int
+        Smallest number of pixels an instance keeps.
+
+    Returns
+    -------
+    numpy.ndarray
+        Copy of ``labels`` without the small instances (ids unchanged).
+    """
+    labels = np.array(labels, copy=True)
+    if min_size <= 1 or labels.size == 0:
+        return labels
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    labels[small[labels]] = 0
+    return labels
+
+
+def gap_pixels(labels: np.ndarray, grow: int) -> np.ndarray:
+    """Background pixels within ``grow`` px (Euclidean) of at least two different instances.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        2D integer label image, ``0`` = background.
+    grow : int
+        Reach in pixels (the disk of this radius around a pixel is searched).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of the background pixels that lie between two instances.
+    """
+    if grow < 1:
+        return np.zeros(labels.shape, dtype=bool)
+    footprint = disk(grow).astype(bool)
+    largest = ndi.maximum_filter(labels, footprint=footprint, mode="constant", cval=0)
+    # Smallest *positive* id in reach: background is replaced by a value above every id.
+    above = np.iinfo(labels.dtype).max
+    positive = np.where(labels > 0, labels, above)
+    smallest = ndi.minimum_filter(positive, footprint=footprint, mode="constant", cval=above)
+    return (labels == 0) & (largest > 0) & (smallest < largest)
+
+
+def _keep_connected(labels: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Add the pixels of ``candidate`` (> 0) to ``labels`` where they connect to the same id.
+
+    A candidate pixel is accepted when it touches (4-connectivity) a pixel of the same id, either
+    an original one or an accepted one; this is repeated until nothing changes, so a gap pixel
+    that would float away from its cell is left as background.
+    """
+    out = labels.copy()
+    pending = (candidate > 0) & (labels == 0)
+    while True:
+        touches = np.zeros_like(pending)
+        padded = np.pad(out, 1)
+        centre = (slice(1, -1), slice(1, -1))
+        for axis in range(2):
+            for step in (-1, 1):
+                neighbour = np.roll(padded, step, axis=axis)[centre]
+                touches |= pending & (neighbour == candidate)
+        if not touches.any():
+            return out
+        out[touches] = candidate[touches]
+        pending &= ~touches
+
+
+def fill_gaps(labels: np.ndarray, grow: int = 2) -> np.ndarray:
+    """Give thin background gaps between instances back to the nearest instance.
+
+    A background pixel is filled only if it lies within ``grow`` px of at least two different
+    instances (:func:`gap_pixels`); it takes the id of the nearest instance
+    (:func:`skimage.segmentation.expand_labels`) and is kept only if it connects to that
+    instance. Instances never grow into open background.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        2D integer label image, ``0`` = background.
+    grow : int
+        Largest distance in pixels a gap pixel may be from the instances around it.
+
+    Returns
+    -------
+    numpy.ndarray
+        New label image of the same dtype.
+    """
+    if grow < 1 or not labels.any():
+        return labels.copy()
+    gaps = gap_pixels(labels, grow)
+    nearest = expand_labels(labels, distance=grow)
+    candidate = np.where(gaps, nearest, 0).astype(labels.dtype)
+    return _keep_connected(labels, candidate)
+
+
+def _instances_2d(
+    fg_prob: np.ndarray, threshold: float, min_size: int, grow: int
+) -> tuple[np.ndarray, int]:
+    """Instances of one 2D probability map; returns (int32 labels 0..n, n)."""
+    labels, _ = ndi.label(fg_prob > threshold, structure=_CROSS)
+    labels = remove_small_instances(labels.astype(np.int32), min_size)
+    labels = fill_gaps(labels, grow)
+    labels, _, _ = relabel_sequential(labels)
+    return labels.astype(np.int32, copy=False), int(labels.max())
+
+
+def instances_from_probabilities(
+    fg_prob: np.ndarray, threshold: float = 0.5, min_size: int = 10, grow: int = 2
+) -> np.ndarray:
+    """Separated instances from a foreground probability map.
+
+    Steps, per 2D slice: foreground is ``fg_prob > threshold`` (strictly above, consistent with
+    the argmax of a two-class softmax at 0.5); 4-connected components; components with fewer
+    than ``min_size`` pixels are removed; background pixels within ``grow`` px of two different
+    instances (the ridges cut between touching cells during training) are given to the nearest
+    of them (:func:`fill_gaps`); ids are made sequential.
+
+    Parameters
+    ----------
+    fg_prob : numpy.ndarray
+        Foreground probability, shape ``(Y, X)`` or a stack ``(Z, Y, X)`` processed slice by
+        slice.
+    threshold : float
+        Probability above which a pixel is foreground.
+    min_size : int
+        Smallest instance kept, in pixels (per slice), counted before the gaps are filled.
+    grow : int
+        Reach in pixels: a background pixel is filled when two different instances lie within
+        this distance of it (so gaps up to about ``grow`` px wide close); ``0`` disables
+        filling.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` labels of ``fg_prob``'s shape, ids ``1..N`` (unique across the slices of a
+        stack, which are *not* linked; see :func:`link_slices`).
+    """
+    fg_prob = np.asarray(fg_prob)
+    if fg_prob.ndim not in (2, 3):
+        raise ValueError(f"fg_prob must have shape (Y, X) or (Z, Y, X), got {fg_prob.shape}.")
+    if grow < 0 or min_size < 0:
+        raise ValueError(f"grow and min_size must be >= 0, got {grow} and {min_size}.")
+    if fg_prob.ndim == 2:
+        return _instances_2d(fg_prob, threshold, min_size, grow)[0]
+    out = np.zeros(fg_prob.shape, dtype=np.int32)
+    next_id = 0
+    for z, plane in enumerate(fg_prob):
+        labels, count = _instances_2d(plane, threshold, min_size, grow)
+        out[z] = np.where(labels > 0, labels + next_id, 0)
+        next_id += count
+    return out
+
+
+def _link_pairs(
+    below: np.ndarray, plane: np.ndarray, min_iou: float, min_overlap: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(id in below, id in plane)`` of instances that continue from one slice to the next.
+
+    First a one-to-one matching on IoU ``>= min_iou``; then, among the instances left over on
+    both sides, a one-to-one matching on the fraction of the smaller instance covered by the
+    overlap (``>= min_overlap``), which catches the small cross-sections at the top and bottom
+    of a nucleus.
+    """
+    table = overlaps(below, plane)
+    rows, cols, _ = match_sparse(table.rows, table.cols, table.iou, min_iou)
+    if min_overlap is not None:
+        free = ~np.isin(table.rows, rows) & ~np.isin(table.cols, cols)
+        smaller = np.minimum(table.truth_area[table.rows], table.pred_area[table.cols])
+        cover = table.intersection / smaller
+        extra_rows, extra_cols, _ = match_sparse(
+            table.rows[free], table.cols[free], cover[free], min_overlap
+        )
+        rows, cols = np.concatenate([rows, extra_rows]), np.concatenate([cols, extra_cols])
+    return table.truth_ids[rows], table.pred_ids[cols]
+
+
+def link_slices(
+    labels_stack: np.ndarray, min_iou: float = 0.3, min_overlap: float | None = 0.5
+) -> np.ndarray:
+    """Join the per-slice instances of a stack into 3D instances.
+
+    Going up the stack, each instance of slice ``z`` that is matched one-to-one with an
+    instance of slice ``z - 1`` takes that instance's id; any other instance starts a new id.
+    Matching (Hungarian, most pairs first then largest total score, see
+    :func:`napari_unetkit.metrics.match_sparse`) is done in two rounds: first on IoU
+    ``>= min_iou``; then the instances still unmatched on both sides are matched when their
+    overlap covers at least ``min_overlap`` of the smaller of the two. The second round links
+    the small caps of a nucleus (its first and last cross-sections), whose IoU with the next
+    slice is low in anisotropic stacks. New ids are handed out in order, so the result has
+    sequential ids ``1..N``.
+
+    Parameters
+    ----------
+    labels_stack : numpy.ndarray
+        Integer labels, shape ``(Z, Y, X)``; ids need not be unique across slices.
+    min_iou : float
+        Smallest IoU of two instances in neighbouring slices that are linked, in ``(0, 1]``.
+    min_overlap : float or None
+        Smallest covered fraction of the smaller instance in the second round, in ``(0, 1]``;
+        ``None`` links by IoU only.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` labels of the same shape.
+    """
+    labels_stack = np.asarray(labels_stack)
+    if labels_stack.ndim != 3:
+        raise ValueError(f"labels_stack must have shape (Z, Y, X), got {labels_stack.shape}.")
+    out = np.zeros(labels_stack.shape, dtype=np.int32)
+    next_id = 0
+    for z, plane in enumerate(labels_stack):
+        # Compact the slice's ids to 0..n so that they can index a lookup table.
+        ids, index = np.unique(plane, return_inverse=True)
+        index = index.reshape(plane.shape)
+        if ids[0] != 0:
+            index += 1
+            ids = np.concatenate([[0], ids])
+        new_ids = np.zeros(ids.size, dtype=np.int32)
+        if z > 0 and ids.size > 1:
+            previous, current = _link_pairs(out[z - 1], index, min_iou, min_overlap)
+            new_ids[current] = previous
+        unmatched = np.flatnonzero(new_ids[1:] == 0) + 1
+        new_ids[unmatched] = np.arange(next_id + 1, next_id + 1 + unmatched.size)
+        next_id += unmatched.size
+        out[z] = new_ids[index]
+    return out
