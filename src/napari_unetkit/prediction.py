@@ -1,0 +1,712 @@
+"""The one predictor: overlap-tile inference, batched tiles, flip TTA, slice streaming.
+
+Every front end (training validation, the CLI, the napari widgets) predicts through
+:class:`Predictor`.
+
+Overlap-tile strategy (Ronneberger et al. 2015)
+    A slice larger than one tile is cut into tiles whose *core* (``tile_size`` pixels, a multiple
+    of the network's down-sampling factor ``2**depth``) is surrounded by ``halo`` pixels of
+    context on each side. Context beyond the image border is the mirrored image (as in the
+    paper), so border pixels see the same kind of context as inner pixels. Tiles run in batches
+    and only each tile's core is written back. The halo is a multiple of ``2**depth`` too, so
+    every tile sits on the same max-pooling grid as the whole image would, and the tiled result
+    matches a whole-image pass wherever the halo covers the network's effective context.
+
+Default halo
+    Tiles start on multiples of ``2**depth``, so a core pixel needs less context than the
+    worst-case receptive field of :func:`napari_unetkit.model.receptive_halo` (107 px for the
+    default depth 4): :func:`exact_halo` (94 px for depth 4) makes tiled and whole-image
+    prediction identical. Measured on a 512 x 512 ``synthetic_nuclei`` image with a depth-4,
+    16-channel batch-norm U-Net and 128 px tile cores, the largest probability difference
+    between tiled and whole-image prediction for halos 0 / 16 / 32 / 48 / 64 / 80 / 96 px was
+    0.41 / 0.18 / 0.13 / 0.080 / 0.031 / 0.012 / 0 with random weights (batch-norm statistics
+    from five training-mode passes) and 0.82 / 0.14 / 0.081 / 0.021 / 0.0061 / 0.0016 / 0 after
+    60 Adam steps. With bilinear up-sampling (exact halo 110 px) random weights gave 0.036 /
+    0.0063 / 0.0010 / 6e-7 for 64 / 80 / 96 / 112 px; a random depth-5 network (exact halo
+    190 px) gave 0.16 / 0.12 / 0.038 / 0.011 for 64 / 96 / 128 / 160 px, so a fixed cap near
+    100 px is not enough for deeper networks. The default, :func:`default_halo`, is
+    ``min(exact_halo, DEFAULT_MAX_HALO)`` with ``DEFAULT_MAX_HALO = 192``, rounded up to a
+    multiple of ``2**depth``: 96 px (exact) for the default depth 4, exact up to depth 5 with
+    transposed convolutions, and bounded for deeper networks. A smaller ``halo`` trades seam
+    accuracy for speed (a 512 px core reads a 704 px tile with 96 px, 640 px with 64 px).
+
+Automatic tile size
+    See :func:`auto_tile_size`: the largest core whose input tile (core plus both halos) fits a
+    memory budget under a rough per-pixel activation estimate, clamped to
+    ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CPU]`` on CPU/MPS and ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CUDA]``
+    on CUDA, where the budget is a fraction of the free GPU memory.
+
+Streaming
+    :meth:`Predictor.predict` computes the normalisation percentiles over the whole image (the
+    same subsampled estimate as training), then reads, normalises and predicts one slice at a
+    time, writing labels (and optionally probabilities) into preallocated outputs. Peak memory
+    is the input, the outputs, one normalised slice and a few tiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_unetkit import layout, postprocess
+from napari_unetkit.device import autocast_context, resolve_device
+from napari_unetkit.model import UNetConfig, receptive_interval
+from napari_unetkit.modelfile import load_model
+from napari_unetkit.normalization import (
+    NormalizationSettings,
+    apply_percentiles,
+    check_image_dtype,
+    image_percentiles,
+)
+from napari_unetkit.progress import check_cancel
+
+#: Upper bound of the default halo in pixels (see the module docstring for the measurement).
+DEFAULT_MAX_HALO = 192
+#: Smallest and largest automatic tile core sizes in pixels.
+MIN_AUTO_TILE = 128
+MAX_AUTO_TILE_CPU = 512
+MAX_AUTO_TILE_CUDA = 1024
+#: Memory the activations of one tile batch may use on CPU or MPS.
+CPU_MEMORY_BUDGET = 1024**3
+#: Fraction of the free CUDA memory one tile batch may use.
+CUDA_MEMORY_FRACTION = 0.5
+#: Rough number of full-resolution feature maps of ``base_channels`` alive at the peak of a
+#: forward pass (skip features, concatenation, convolution outputs, the coarser levels).
+ACTIVATION_MAPS = 8
+#: Default number of tiles per forward pass.
+DEFAULT_BATCH_CPU = 1
+DEFAULT_BATCH_CUDA = 4
+#: Flips averaged by test-time augmentation (dims of an ``(N, C, Y, X)`` tensor).
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+Output = Literal["auto", "instances", "semantic", "probabilities"]
+OUTPUTS = ("auto", "instances", "semantic", "probabilities")
+MODES = ("instances", "classes")
+
+#: ``progress(done, total)`` callback type; see :meth:`Predictor.predict`.
+ProgressCallback = Callable[[float, int], None]
+
+
+@dataclass
+class PredictionResult:
+    """What :meth:`Predictor.predict` returns.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray or None
+        Labels of shape ``layout.labels_shape(image.shape, channel_axis)``: ``int32`` instance
+        ids unique across the stack, or ``uint8`` classes (``uint16`` above 255 classes);
+        ``None`` for ``output="probabilities"``.
+    probabilities : numpy.ndarray or None
+        ``float32``; for instance models the foreground probability (labels shape), for class
+        models all classes ``(K, *labels shape)``. ``None`` unless requested.
+    description : dict
+        The model description.
+    output : str
+        The output kind that was produced (``"instances"``, ``"semantic"`` or
+        ``"probabilities"``).
+    slices : list of tuple of int
+        The slice indices that were predicted (others are 0).
+    """
+
+    labels: np.ndarray | None
+    probabilities: np.ndarray | None
+    description: dict
+    output: str
+    slices: list[tuple[int, ...]]
+
+
+# --------------------------------------------------------------------------------------------
+# Tile geometry
+# --------------------------------------------------------------------------------------------
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def exact_halo(config: UNetConfig) -> int:
+    """Return the smallest tile margin that makes tiled prediction equal whole-image prediction.
+
+    A tile core starts and ends on multiples of ``2**depth``, so the margin needed is the
+    largest distance by which the receptive interval of a core pixel
+    (:func:`napari_unetkit.model.receptive_interval`) reaches past the core's start or end,
+    over the ``2**depth`` pixel positions of a pooling block. This holds for ``norm="batch"``
+    in eval mode and ``norm="none"``; group normalisation uses statistics of the whole tile.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The architecture.
+
+    Returns
+    -------
+    int
+        Margin in pixels (94 for depth 4 with transposed convolutions, 110 with bilinear
+        up-sampling), not yet rounded to the pooling grid.
+    """
+    factor = config.downsampling_factor
+    intervals = [receptive_interval(config, position) for position in range(factor)]
+    before = max(-first for first, _ in intervals)
+    after = max(last - (factor - 1) for _, last in intervals)
+    return max(before, after, 0)
+
+
+def default_halo(config: UNetConfig) -> int:
+    """Return the default tile margin, ``min(exact_halo, DEFAULT_MAX_HALO)``, grid-aligned.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The architecture.
+
+    Returns
+    -------
+    int
+        Halo in pixels, rounded up to a multiple of ``2**depth`` (96 for the default depth 4).
+    """
+    halo = min(exact_halo(config), DEFAULT_MAX_HALO)
+    return _round_up(halo, config.downsampling_factor)
+
+
+def _bytes_per_pixel(config: UNetConfig) -> int:
+    """Rough activation memory of one input pixel during a float32 forward pass."""
+    return 4 * ACTIVATION_MAPS * max(config.base_channels, config.in_channels, config.n_classes)
+
+
+def auto_tile_size(config: UNetConfig, halo: int, device: torch.device, batch_size: int = 1) -> int:
+    """Choose a tile core size from the memory available.
+
+    The input tile is ``core + 2 * halo`` pixels square; one batch needs about
+    ``batch_size * side**2 * 4 * ACTIVATION_MAPS * base_channels`` bytes. The budget is
+    ``CUDA_MEMORY_FRACTION`` of the free memory on CUDA (``torch.cuda.mem_get_info``) and
+    ``CPU_MEMORY_BUDGET`` elsewhere. The core is the largest multiple of ``2**depth`` that fits,
+    clamped to ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CUDA]`` on CUDA and
+    ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CPU]`` on CPU/MPS (larger CPU tiles gain little speed).
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The architecture.
+    halo : int
+        Margin on each side of the core, in pixels.
+    device : torch.device
+        Where the network runs.
+    batch_size : int
+        Tiles per forward pass.
+
+    Returns
+    -------
+    int
+        Core size in pixels, a multiple of ``2**depth``.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget, upper = CUDA_MEMORY_FRACTION * free, MAX_AUTO_TILE_CUDA
+    else:
+        budget, upper = CPU_MEMORY_BUDGET, MAX_AUTO_TILE_CPU
+    side = math.isqrt(int(budget // (batch_size * _bytes_per_pixel(config))))
+    core = min(max(side - 2 * halo, MIN_AUTO_TILE), upper)
+    factor = config.downsampling_factor
+    return max(factor, core // factor * factor)
+
+
+def _axis_tiles(size: int, tile: int, factor: int) -> tuple[int, int]:
+    """Return the number of tiles and their (equal) core size along an axis of ``size`` px.
+
+    The cores are spread evenly: ``n = ceil(size / tile)`` tiles of
+    ``round_up(ceil(size / n), factor)`` pixels (never more than ``tile``).
+    """
+    count = -(-size // tile)
+    return count, _round_up(-(-size // count), factor)
+
+
+def _reflect_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """Return the indices ``start..stop-1`` mirrored into ``[0, size)`` (edge not repeated).
+
+    Beyond one reflection the mirroring repeats periodically, so any padding works even for
+    tiny images; an axis of length 1 is replicated.
+    """
+    index = np.arange(start, stop)
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.mod(index, period)
+    return np.where(index >= size, period - index, index)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a slice.
+
+    Attributes
+    ----------
+    y, x : int
+        Where the tile's core starts in the slice.
+    height, width : int
+        How much of the core lies inside the slice (the network input is the full core plus
+        the halo on each side, mirrored beyond the slice border).
+    """
+
+    y: int
+    x: int
+    height: int
+    width: int
+
+
+def _tiles(shape: tuple[int, int], core: tuple[int, int], counts: tuple[int, int]) -> list[Tile]:
+    height, width = shape
+    return [
+        Tile(y, x, min(core[0], height - y), min(core[1], width - x))
+        for y in range(0, counts[0] * core[0], core[0])
+        for x in range(0, counts[1] * core[1], core[1])
+    ]
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------------------------
+# The predictor
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode and restore the previous mode (a trainer may validate mid-training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _normalization_settings(description: dict) -> NormalizationSettings:
+    data = description.get("normalization")
+    return NormalizationSettings() if data is None else NormalizationSettings.from_dict(data)
+
+
+def _channel_message(expected: int, found: int, shape: tuple[int, ...], channel_axis) -> str:
+    def channels(n: int) -> str:
+        return f"{n} channel{'s' if n != 1 else ''}" + (" (RGB)" if n == 3 else "")
+
+    text = f"The model expects {channels(expected)} but the image has {found}"
+    text += "." if channel_axis is not None else " (no channel axis was given)."
+    if channel_axis is None and shape[-1] == expected:
+        text += " If the last axis holds the channels, set the channel axis to -1."
+    elif channel_axis is None and expected > 1 and shape[0] == expected:
+        text += " If the first axis holds the channels, set the channel axis to 0."
+    else:
+        text += " Choose an image like the ones the model was trained on."
+    return text
+
+
+class Predictor:
+    """Overlap-tile U-Net inference on 2D slices, images and stacks.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`napari_unetkit.model.UNet` (anything with a ``config`` :class:`UNetConfig`
+        and the same forward contract). It is moved to ``device``. Every prediction runs in
+        eval mode under ``torch.inference_mode()`` and then restores the mode the model had, so
+        a trainer can validate with a predictor built on the model it is training.
+    description : dict
+        The model description: ``"mode"`` (``"instances"`` or ``"classes"``),
+        ``"normalization"`` (``NormalizationSettings.to_dict()``), ``"class_names"`` and
+        ``"architecture"`` (must match ``model.config`` when present).
+    device : str or torch.device
+        ``"auto"`` or an explicit device (see :func:`napari_unetkit.device.resolve_device`).
+    tile_size : int or None
+        Tile core size in pixels, rounded up to a multiple of ``2**depth``; ``None`` chooses one
+        with :func:`auto_tile_size`. A tile larger than the image is shrunk to fit it.
+    batch_size : int or None
+        Tiles per forward pass; ``None``: 4 on CUDA, 1 elsewhere.
+    halo : int or None
+        Context in pixels on each side of a tile core, rounded up to a multiple of
+        ``2**depth``; ``None`` uses :func:`default_halo`. It may exceed the tile size.
+    tta : bool
+        Average the probabilities of the identity, x-flip, y-flip and xy-flip of every tile.
+    amp : bool or None
+        Mixed precision on CUDA (``None`` or ``True``: on; ``False``: off). CPU and MPS always
+        run in float32. Probabilities are always computed in float32 from the logits.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` has no :class:`UNetConfig` ``config``.
+    ValueError
+        For an invalid description, mode, size or device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        description: dict,
+        device: str | torch.device = "auto",
+        tile_size: int | None = None,
+        batch_size: int | None = None,
+        halo: int | None = None,
+        tta: bool = False,
+        amp: bool | None = None,
+    ) -> None:
+        config = getattr(model, "config", None)
+        if not isinstance(config, UNetConfig):
+            raise TypeError("Predictor expects a UNet (a module with a UNetConfig `config`).")
+        self.config = config
+        self.description = dict(description)
+        self._check_description()
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.tta = bool(tta)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
+        factor = config.downsampling_factor
+        self.halo = default_halo(config) if halo is None else _round_up(_positive(halo, 0), factor)
+        default_batch = DEFAULT_BATCH_CUDA if self.device.type == "cuda" else DEFAULT_BATCH_CPU
+        self.batch_size = default_batch if batch_size is None else _positive(batch_size, 1)
+        if tile_size is None:
+            tile_size = auto_tile_size(config, self.halo, self.device, self.batch_size)
+        self.tile_size = _round_up(_positive(tile_size, 1), factor)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **kwargs) -> Predictor:
+        """Load a model file and build a predictor for it.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A ``.unet`` model file.
+        **kwargs
+            Any :class:`Predictor` argument except ``model`` and ``description``.
+
+        Returns
+        -------
+        Predictor
+            The predictor.
+        """
+        device = resolve_device(kwargs.pop("device", "auto"))
+        model, description = load_model(path, device=device)
+        return cls(model, description, device=device, **kwargs)
+
+    def _check_description(self) -> None:
+        mode = self.description.get("mode")
+        if mode not in MODES:
+            raise ValueError(f"The model mode must be 'instances' or 'classes', got {mode!r}.")
+        architecture = self.description.get("architecture")
+        if architecture is not None and UNetConfig.from_dict(architecture) != self.config:
+            raise ValueError("The description's architecture does not match the model.")
+        if mode == "instances" and self.config.n_classes != 2:
+            raise ValueError(
+                f"An instance model has 2 outputs (background, foreground), this one has "
+                f"{self.config.n_classes}."
+            )
+        _normalization_settings(self.description)  # raises on a malformed entry
+
+    @property
+    def mode(self) -> str:
+        """``"instances"`` or ``"classes"``."""
+        return self.description["mode"]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of network outputs ``K``."""
+        return self.config.n_classes
+
+    # ---------------------------------------------------------------------------- one slice
+
+    def predict_slice(
+        self,
+        image_cyx: np.ndarray,
+        *,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Class probabilities of one normalised slice, by overlap-tile prediction.
+
+        Parameters
+        ----------
+        image_cyx : numpy.ndarray
+            Normalised image ``(C, Y, X)`` (converted to float32).
+        cancel : threading.Event, optional
+            Checked before every tile batch.
+        progress : callable, optional
+            ``progress(done_tiles, total_tiles)``, called after every tile batch.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 softmax probabilities ``(K, Y, X)``.
+
+        Raises
+        ------
+        ValueError
+            If the slice is not ``(C, Y, X)`` with the model's channel count.
+        napari_unetkit.progress.Cancelled
+            If ``cancel`` is set.
+        """
+        image = np.asarray(image_cyx, dtype=np.float32)
+        if image.ndim != 3 or image.shape[0] != self.config.in_channels or 0 in image.shape:
+            raise ValueError(
+                f"predict_slice expects a (C, Y, X) slice with C = {self.config.in_channels}, "
+                f"got shape {image.shape}."
+            )
+        core, tiles = self.tile_layout(image.shape[1:])
+        out = np.empty((self.n_classes, *image.shape[1:]), dtype=np.float32)
+        done = 0
+        with _eval_mode(self.model):
+            for batch in _batches(tiles, self.batch_size):
+                check_cancel(cancel)
+                inputs = np.stack([self._tile_input(image, tile, core) for tile in batch])
+                probs = self._run(inputs, core)
+                for tile, prob in zip(batch, probs, strict=True):
+                    rows = slice(tile.y, tile.y + tile.height)
+                    cols = slice(tile.x, tile.x + tile.width)
+                    out[:, rows, cols] = prob[:, : tile.height, : tile.width]
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(tiles))
+        return out
+
+    def tile_layout(self, shape: tuple[int, int]) -> tuple[tuple[int, int], list[Tile]]:
+        """Return the tile core size and the tiles that cover a slice of ``shape`` (Y, X).
+
+        Along each axis ``n = ceil(size / tile_size)`` equal cores of
+        ``round_up(ceil(size / n), 2**depth)`` pixels (at most ``tile_size``) start at
+        multiples of the core size; the last one may reach past the image (mirrored input).
+        """
+        factor = self.config.downsampling_factor
+        (count_y, core_y), (count_x, core_x) = (
+            _axis_tiles(size, self.tile_size, factor) for size in shape
+        )
+        core = (core_y, core_x)
+        return core, _tiles(tuple(shape), core, (count_y, count_x))
+
+    def _tile_input(self, image: np.ndarray, tile: Tile, core: tuple[int, int]) -> np.ndarray:
+        """Cut the tile's core plus halo, mirrored beyond the image border."""
+        rows = _reflect_indices(tile.y - self.halo, tile.y + core[0] + self.halo, image.shape[1])
+        cols = _reflect_indices(tile.x - self.halo, tile.x + core[1] + self.halo, image.shape[2])
+        return image[:, rows[:, None], cols[None, :]]
+
+    @torch.inference_mode()
+    def _run(self, inputs: np.ndarray, core: tuple[int, int]) -> np.ndarray:
+        """Return the softmax probabilities of a batch's cores (averaged over flips with TTA)."""
+        x = torch.from_numpy(inputs).to(self.device)
+        flips = TTA_FLIPS if self.tta else ((),)
+        total = None
+        for dims in flips:
+            with autocast_context(self.device, enabled=self.amp):
+                logits = self.model(torch.flip(x, dims) if dims else x)
+            probs = torch.softmax(logits.float(), dim=1)
+            probs = torch.flip(probs, dims) if dims else probs
+            total = probs if total is None else total + probs
+        if len(flips) > 1:
+            total /= len(flips)
+        h = self.halo
+        return total[..., h : h + core[0], h : h + core[1]].cpu().numpy()
+
+    # ---------------------------------------------------------------------------- whole images
+
+    def predict(
+        self,
+        image,
+        channel_axis: int | None = None,
+        *,
+        output: Output = "auto",
+        threshold: float = 0.5,
+        min_size: int | None = None,
+        link_3d: bool = False,
+        return_probabilities: bool = False,
+        slices: Sequence[int | Sequence[int]] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PredictionResult:
+        """Predict a 2D image or a stack, slice by slice.
+
+        Parameters
+        ----------
+        image : array-like
+            2D ``(Y, X)``, 2D with channels, or a stack whose leading axes are slices (NumPy,
+            dask, zarr: slices are read one at a time).
+        channel_axis : int or None
+            The channel axis, if any.
+        output : {"auto", "instances", "semantic", "probabilities"}
+            ``"auto"``: instances for instance models, classes for class models.
+            ``"semantic"``: per-pixel argmax (instance models: 1 = foreground; class models:
+            class index ``k`` becomes label ``k + 1``, 0 is never predicted). ``"instances"``
+            needs an instance model. ``"probabilities"``: no labels, probabilities only.
+        threshold : float
+            Foreground probability threshold for instances.
+        min_size : int, optional
+            Smallest instance in pixels; ``None`` keeps the
+            :func:`~napari_unetkit.postprocess.instances_from_probabilities` default.
+        link_3d : bool
+            Join instances of neighbouring slices along the last slice axis into 3D instances
+            (:func:`~napari_unetkit.postprocess.link_slices`); instances only, and a no-op for
+            a single 2D image.
+        return_probabilities : bool
+            Also return probabilities (always true for ``output="probabilities"``).
+        slices : sequence, optional
+            Slice indices to predict (an int or a tuple per index, over the leading slice
+            axes), e.g. only the slice shown in the viewer; the others stay 0.
+        progress : callable, optional
+            ``progress(done, total)`` in units of slices: ``total`` is the number of slices to
+            predict (int) and ``done`` (a float) advances after every tile batch, reaching each
+            whole number when a slice is finished. It is first called with ``(0, total)``.
+        cancel : threading.Event, optional
+            Checked before every tile batch; when set, :class:`~napari_unetkit.progress.
+            Cancelled` is raised and nothing is returned.
+
+        Returns
+        -------
+        PredictionResult
+            Labels and/or probabilities, the description and the predicted slice indices.
+
+        Raises
+        ------
+        ValueError
+            If the image's channel count does not match the model, its type is unusable, an
+            option is invalid, or a slice index is out of range.
+        napari_unetkit.progress.Cancelled
+            If ``cancel`` is set during the job.
+        """
+        kind = self._resolve_output(output, link_3d)
+        if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+            image = np.asarray(image)
+        shape = tuple(image.shape)
+        check_image_dtype(image.dtype)
+        expected = self.config.in_channels
+        found = layout.n_channels(shape, channel_axis)
+        if found != expected:
+            raise ValueError(_channel_message(expected, found, shape, channel_axis))
+        indices = _selected_slices(shape, channel_axis, slices)
+        settings = _normalization_settings(self.description)
+        low, high = image_percentiles(image, channel_axis, settings)
+
+        out_shape = layout.labels_shape(shape, channel_axis)
+        labels = self._allocate_labels(kind, out_shape)
+        probabilities = None
+        if return_probabilities or kind == "probabilities":
+            prob_shape = out_shape if self.mode == "instances" else (self.n_classes, *out_shape)
+            probabilities = np.zeros(prob_shape, dtype=np.float32)
+
+        total = len(indices)
+        if progress is not None:
+            progress(0, total)
+        next_id = 0
+        for done, index in enumerate(indices):
+            normalised = apply_percentiles(layout.get_slice(image, index, channel_axis), low, high)
+            probs = self.predict_slice(
+                normalised, cancel=cancel, progress=_tile_reporter(progress, done, total)
+            )
+            del normalised
+            if probabilities is not None:
+                if self.mode == "instances":
+                    probabilities[index] = probs[1]
+                else:
+                    probabilities[(slice(None), *index)] = probs
+            if labels is not None:
+                next_id = self._write_labels(
+                    labels, index, probs, kind, threshold, min_size, next_id
+                )
+        if link_3d and labels is not None and len(out_shape) > 2:
+            labels = _link_last_axis(labels)
+        return PredictionResult(labels, probabilities, self.description, kind, indices)
+
+    def _resolve_output(self, output: str, link_3d: bool) -> str:
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}.")
+        if output == "auto":
+            output = "instances" if self.mode == "instances" else "semantic"
+        if output == "instances" and self.mode != "instances":
+            raise ValueError(
+                "Instances need an instance model; this model predicts classes (use 'semantic')."
+            )
+        if link_3d and output != "instances":
+            raise ValueError("3D linking applies to instances only.")
+        return output
+
+    def _allocate_labels(self, kind: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if kind == "instances":
+            return np.zeros(shape, dtype=np.int32)
+        if kind == "semantic":
+            offset = 1 if self.mode == "classes" else 0
+            dtype = np.uint8 if self.n_classes - 1 + offset <= 255 else np.uint16
+            return np.zeros(shape, dtype=dtype)
+        return None
+
+    def _write_labels(
+        self,
+        labels: np.ndarray,
+        index: tuple[int, ...],
+        probs: np.ndarray,
+        kind: str,
+        threshold: float,
+        min_size: int | None,
+        next_id: int,
+    ) -> int:
+        """Post-process one slice into ``labels[index]``; returns the next free instance id."""
+        if kind == "semantic":
+            offset = 1 if self.mode == "classes" else 0
+            labels[index] = postprocess.semantic_from_probabilities(probs, offset=offset)
+            return next_id
+        extra = {} if min_size is None else {"min_size": int(min_size)}
+        instances = postprocess.instances_from_probabilities(probs[1], threshold, **extra)
+        count = int(instances.max(initial=0))
+        labels[index] = np.where(instances > 0, instances + next_id, 0)
+        return next_id + count
+
+
+def _positive(value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"Expected an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _selected_slices(
+    shape: tuple[int, ...], channel_axis: int | None, slices
+) -> list[tuple[int, ...]]:
+    """Validate ``slices`` (ints or tuples) against the image's slice axes."""
+    all_indices = layout.slice_indices(shape, channel_axis)
+    if slices is None:
+        return all_indices
+    sizes = layout.slice_index_shape(shape, channel_axis)
+    chosen = []
+    for item in slices:
+        index = (int(item),) if np.isscalar(item) else tuple(int(i) for i in item)
+        if len(index) != len(sizes) or not all(
+            0 <= i < n for i, n in zip(index, sizes, strict=True)
+        ):
+            raise ValueError(f"Slice index {item!r} is not in an image with slice axes {sizes}.")
+        if index not in chosen:
+            chosen.append(index)
+    return chosen
+
+
+def _tile_reporter(progress: ProgressCallback | None, done: int, total: int):
+    """Turn per-tile progress within slice ``done`` into fractional slice progress."""
+    if progress is None:
+        return None
+    return lambda tiles_done, tiles_total: progress(done + tiles_done / tiles_total, total)
+
+
+def _link_last_axis(labels: np.ndarray) -> np.ndarray:
+    """Link instances along the last slice axis, separately for each earlier slice index."""
+    out = np.zeros_like(labels)
+    next_id = 0
+    for outer in np.ndindex(labels.shape[:-3]):
+        linked = postprocess.link_slices(labels[outer])
+        out[outer] = np.where(linked > 0, linked + next_id, 0)
+        next_id += int(linked.max(initial=0))
+    return out
