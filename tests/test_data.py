@@ -188,9 +188,16 @@ def test_region_mask_zeroes_weights_outside_only(nuclei):
     region[20:70, 10:60] = True
     (item,) = prepare_training_data([(image, labels)], regions=[region]).slices
     assert (item.weights[~region] == 0).all()
-    full, separated = weights_and_target(labels, preset="paper")  # computed on the full slice
-    np.testing.assert_array_equal(item.weights[region], full[region])
-    np.testing.assert_array_equal(item.target, separated > 0)
+    expected, separated = weights_and_target(labels, preset="paper", ignore=~region)
+    np.testing.assert_array_equal(item.weights, expected)
+    np.testing.assert_array_equal(item.target[region], separated[region] > 0)
+    # The class balance counts the annotated area only: both classes carry equal total weight
+    # there (border terms aside, which sit on background only).
+    foreground = region & (item.target == 1)
+    background = region & (item.target == 0)
+    balance_fg = item.weights[foreground].sum()
+    balance_bg = np.minimum(item.weights[background], item.weights[background].min()).sum()
+    assert balance_fg == pytest.approx(balance_bg, rel=1e-4)
 
 
 def test_weightmap_preset_is_used_and_recorded(nuclei):

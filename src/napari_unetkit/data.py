@@ -278,9 +278,15 @@ def _instance_target(
         return None
     if region is not None and not region.any():
         return None
-    weights, separated = weights_and_target(labels_yx, settings=settings)
-    if region is not None:
-        weights[~region] = 0.0
+    if region is None:
+        weights, separated = weights_and_target(labels_yx, settings=settings)
+    else:
+        # Outside the annotated region nothing is known: those pixels are ignored (weight 0)
+        # and left out of the class balance, which then reflects the annotated area only.
+        ignored = ~region
+        if settings.ignore is not None:
+            ignored |= labels_yx == settings.ignore
+        weights, separated = weights_and_target(labels_yx, ignore=ignored, settings=settings)
     if not np.any(weights > 0):
         return None
     target = (separated > 0).astype(np.int64)
