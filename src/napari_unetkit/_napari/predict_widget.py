@@ -1,0 +1,745 @@
+"""The "Predict with U-Net" widget: a model and an Image layer in, a new Labels layer out.
+
+The model is either the one trained in this session (:data:`napari_unetkit._napari.session.
+SESSION`) or a ``.unet`` file. Every input is checked as the user edits it; the reason Run is
+disabled is written in the widget. Prediction runs in a :class:`~napari_unetkit._napari.jobs.
+JobRunner` worker; its result is always added as new layers, and a cancelled run adds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import napari.viewer
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    TextEdit,
+    create_widget,
+)
+from napari.layers import Image, Layer
+from napari.qt.threading import GeneratorWorker
+from numpy.typing import ArrayLike
+
+from napari_unetkit import layout
+from napari_unetkit._napari.jobs import Job, JobRunner, error_message
+from napari_unetkit._napari.layers import METADATA_KEY, image_data, placement, unique_name
+from napari_unetkit._napari.session import SESSION, TrainedModel
+from napari_unetkit._napari.settings import remember
+from napari_unetkit._napari.torch_guard import protect_from_triton_crash
+from napari_unetkit.device import available_devices, describe_device
+from napari_unetkit.model import UNet
+from napari_unetkit.modelfile import ModelFileError, describe_model, load_model
+from napari_unetkit.prediction import PredictionResult, Predictor
+
+#: Model files up to this size are loaded in the GUI thread when chosen (well under a second);
+#: larger ones are loaded in a worker.
+GUI_LOAD_LIMIT_BYTES = 64 * 1024**2
+
+SESSION_SOURCE = "session"
+FILE_SOURCE = "file"
+RUN_TEXT = "Run"
+CANCEL_TEXT = "Cancel"
+
+TILE_TOOLTIP = (
+    "Size of the square tiles the image is cut into, in pixels (rounded up to a multiple of "
+    "2**depth). 0 = automatic: the largest tile that fits the memory of the device (CPU: up "
+    "to 512 px). Each tile also reads some context around it, so the result does not depend "
+    "on the tile size; choose a smaller size if you run out of memory."
+)
+
+
+@dataclass(frozen=True)
+class ChosenModel:
+    """A model ready to predict with.
+
+    Attributes
+    ----------
+    model : UNet
+        The network (on the CPU, eval mode).
+    description : dict
+        Its description.
+    path : pathlib.Path or None
+        Its file, if it has one.
+    origin : str
+        ``"session"`` or ``"file"``.
+    """
+
+    model: UNet
+    description: dict
+    path: Path | None
+    origin: str
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels the network expects."""
+        return self.model.config.in_channels
+
+    @property
+    def mode(self) -> str:
+        """``"instances"`` or ``"classes"``."""
+        return str(self.description.get("mode"))
+
+    @property
+    def label(self) -> str:
+        """Where the model comes from, in words (for layer metadata and messages)."""
+        if self.origin == SESSION_SOURCE:
+            return "trained in this session" + (f" (saved as {self.path})" if self.path else "")
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """What the user chose in the widget, as passed to :meth:`Predictor.predict`."""
+
+    output: str = "instances"
+    threshold: float = 0.5
+    link_3d: bool = False
+    probabilities: bool = False
+    tta: bool = False
+    tile_size: int | None = None
+    device: str = "auto"
+    slices: list[tuple[int, ...]] | None = None
+
+    def to_dict(self) -> dict:
+        """Return the settings as a JSON-friendly dictionary (for layer metadata)."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if self.slices is not None:
+            values["slices"] = [list(index) for index in self.slices]
+        return values
+
+
+@dataclass
+class RunContext:
+    """What a running prediction needs to turn its result into layers."""
+
+    image: Image
+    model: ChosenModel
+    settings: PredictSettings
+    started: float = field(default_factory=time.perf_counter)
+    device: str = ""
+    tiles_per_slice: int = 1
+
+
+# ------------------------------------------------------------------------------ model loading
+
+
+def load_model_file(path: Path) -> ChosenModel:
+    """Load a ``.unet`` file onto the CPU.
+
+    Raises
+    ------
+    ModelFileError, OSError
+        With a sentence for the user.
+    """
+    model, description = load_model(path, device="cpu")
+    return ChosenModel(model, description, path, FILE_SOURCE)
+
+
+def model_from_session(trained: TrainedModel) -> ChosenModel:
+    """Wrap the session's latest trained model."""
+    return ChosenModel(trained.model, trained.description, trained.path, SESSION_SOURCE)
+
+
+def file_problem(path: Path | None) -> str | None:
+    """Say why ``path`` cannot be a model file before reading it (``None`` when it may be)."""
+    if path is None:
+        return "Choose a model file (.unet), or train a model with 'Train U-Net'."
+    if not path.exists():
+        return f"The model file {path} does not exist."
+    if not path.is_file():
+        return f"{path} is a folder: choose a model file (.unet)."
+    return None
+
+
+def file_key(path: Path) -> tuple[str, int, int]:
+    """Identify a file's current contents cheaply (path, size, modification time)."""
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def describe_choice(chosen: ChosenModel) -> str:
+    """Return the text shown in the widget's description box."""
+    if chosen.origin == SESSION_SOURCE:
+        where = "Trained in this session" + (f", saved as {chosen.path}" if chosen.path else "")
+    else:
+        where = f"File: {chosen.path.name}"
+    return f"{where}\n{describe_model(chosen.description)}"
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _channels_in_words(count: int) -> str:
+    if count == 1:
+        return "1 channel (greyscale)"
+    return f"{count} channels" + (" (RGB)" if count == 3 else "")
+
+
+def channel_problem(layer: Image, expected: int) -> str | None:
+    """Explain a mismatch between an image layer's channels and the model's, if any."""
+    data, channel_axis = image_data(layer)
+    found = layout.n_channels(tuple(data.shape), channel_axis)
+    if found == expected:
+        return None
+    text = (
+        f"The model expects {_channels_in_words(expected)} but {layer.name!r} has "
+        f"{_channels_in_words(found)}. "
+    )
+    if expected == 1 and layer.rgb:
+        return text + (
+            "Choose a greyscale image (e.g. Layers > Split RGB and pick one channel), or a "
+            "model trained on RGB images."
+        )
+    if expected == 3:
+        return text + "Choose an RGB image, or a model trained on greyscale images."
+    return text + (
+        "Choose an image like the ones the model was trained on (napari shows RGB images as "
+        "one layer and splits other multichannel images into one layer per channel)."
+    )
+
+
+def visible_slice(viewer: napari.viewer.Viewer, layer: Image) -> tuple[int, ...] | None:
+    """Return the index of ``layer``'s slice shown in the viewer (``None`` if none is shown).
+
+    The viewer's world position is mapped into the layer's data coordinates, so layers with a
+    scale, a translation or fewer dimensions than the viewer are handled; the leading
+    (non-YX) data axes give the slice index.
+    """
+    data, channel_axis = image_data(layer)
+    sizes = layout.slice_index_shape(tuple(data.shape), channel_axis)
+    position = np.asarray(layer.world_to_data(viewer.dims.point))
+    index = tuple(int(value) for value in np.round(position[: len(sizes)]))
+    if not all(0 <= i < n for i, n in zip(index, sizes, strict=True)):
+        return None
+    return index
+
+
+# ------------------------------------------------------------------------------ the job
+
+
+def tiles_per_slice(shape: tuple[int, int], tile_size: int) -> int:
+    """Return how many tiles :class:`Predictor` cuts a ``(Y, X)`` slice into."""
+    return math.ceil(shape[0] / tile_size) * math.ceil(shape[1] / tile_size)
+
+
+def prediction_job(
+    chosen: ChosenModel, image: ArrayLike, channel_axis: int | None, settings: PredictSettings
+) -> Job:
+    """Return a job that predicts ``image`` with ``chosen`` (for :class:`JobRunner`).
+
+    The job first emits ``("start", device description, tiles per slice)``, then
+    ``("progress", done_slices, total_slices)`` after every tile batch; it returns the
+    :class:`PredictionResult`. The image is read slice by slice (dask stays lazy).
+    """
+
+    def job(emit, cancel) -> PredictionResult:
+        model = chosen.model
+        if chosen.origin == SESSION_SOURCE:
+            model = copy.deepcopy(model)  # Predictor moves the model; the session's stays put
+        predictor = Predictor(
+            model,
+            chosen.description,
+            device=settings.device,
+            tile_size=settings.tile_size,
+            tta=settings.tta,
+        )
+        yx = layout.slice_shape(tuple(image.shape), channel_axis)
+        emit(("start", describe_device(predictor.device), tiles_per_slice(yx, predictor.tile_size)))
+        return predictor.predict(
+            image,
+            channel_axis,
+            output=settings.output,
+            threshold=settings.threshold,
+            link_3d=settings.link_3d,
+            return_probabilities=settings.probabilities,
+            slices=settings.slices,
+            progress=lambda done, total: emit(("progress", done, total)),
+            cancel=cancel,
+        )
+
+    return job
+
+
+def load_job(path: Path) -> Job:
+    """Return a job loading a model file; it returns a :class:`ChosenModel` or an error text."""
+
+    def job(emit, cancel) -> ChosenModel | str:
+        return load_or_error(path)
+
+    return job
+
+
+def load_or_error(path: Path) -> ChosenModel | str:
+    """Load a model file; return the error's sentence instead of raising it."""
+    try:
+        return load_model_file(path)
+    except (ModelFileError, OSError) as error:
+        return str(error)
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def _class_names(description: dict, count: int) -> list[str]:
+    names = description.get("class_names")
+    if isinstance(names, list) and len(names) == count:
+        return [str(name) for name in names]
+    return [f"class {k + 1}" for k in range(count)]
+
+
+def add_prediction_layers(
+    viewer: napari.viewer.Viewer, result: PredictionResult, context: RunContext
+) -> list[Layer]:
+    """Add the labels (and probability) layers of a finished prediction; return them."""
+    source = context.image
+    info = {
+        "model": context.model.label,
+        "model_summary": describe_model(context.model.description),
+        "image": source.name,
+        "settings": context.settings.to_dict(),
+        "device": context.device,
+    }
+    added = []
+    if result.labels is not None:
+        added.append(
+            viewer.add_labels(
+                result.labels,
+                name=unique_name(viewer, f"{source.name} prediction"),
+                metadata={METADATA_KEY: "prediction", "output": result.output, **info},
+                **placement(source),
+            )
+        )
+    if result.probabilities is not None:
+        added.extend(_add_probabilities(viewer, result, source, info))
+    return added
+
+
+def _add_probabilities(
+    viewer: napari.viewer.Viewer, result: PredictionResult, source: Image, info: dict
+) -> list[Image]:
+    probabilities = result.probabilities
+    if result.description.get("mode") == "instances":
+        planes = [(f"{source.name} probability", probabilities)]
+    else:  # one layer per class
+        names = _class_names(result.description, probabilities.shape[0])
+        planes = [
+            (f"{source.name} probability {name}", plane)
+            for name, plane in zip(names, probabilities, strict=True)
+        ]
+    return [
+        viewer.add_image(
+            plane,
+            name=unique_name(viewer, name),
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            metadata={METADATA_KEY: "probability", **info},
+            **placement(source),
+        )
+        for name, plane in planes
+    ]
+
+
+def summary(result: PredictionResult, context: RunContext) -> str:
+    """One sentence about a finished prediction, for the widget."""
+    elapsed = time.perf_counter() - context.started
+    count = len(result.slices)
+    what = f"{count} slice{'s' if count != 1 else ''}"
+    found = ""
+    if result.labels is not None and result.output == "instances":
+        found = f": {int(result.labels.max(initial=0))} instances"  # ids are 1..N
+    return f"Predicted {what}{found} in {elapsed:.1f} s on {context.device}."
+
+
+# ------------------------------------------------------------------------------ the widget
+
+
+class PredictWidget(Container):
+    """Predict instance or semantic labels of an Image layer with a trained U-Net.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer whose layers are read and written.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        # Loading a model file imports torch._dynamo, hence Triton: refuse it where it would
+        # crash napari (next to the OpenGL driver's LLVM).
+        protect_from_triton_crash()
+        self._viewer = viewer
+        self._runner = JobRunner("Prediction")
+        self._loader = JobRunner("Loading model")
+        self._file_key: tuple | None = None
+        self._file_model: ChosenModel | None = None
+        self._file_error: str | None = None
+        self._context: RunContext | None = None
+        self._cancelled = False
+        self._outcome: str | None = None
+        self._build_fields()
+        remember(
+            "predict",
+            {
+                "model_file": self._file,
+                "output": self._output,
+                "threshold": self._threshold,
+                "link_3d": self._link_3d,
+                "probabilities": self._probabilities,
+                "tta": self._tta,
+                "tile_size": self._tile_size,
+                "device": self._device,
+            },
+        )
+        self._forget_missing_file()
+        self._connect()
+        self._load_file()
+
+    # -- construction -------------------------------------------------------------------------
+    def _build_fields(self) -> None:
+        self._source = ComboBox(
+            label="Model",
+            choices=[
+                ("trained in this session", SESSION_SOURCE),
+                ("model file", FILE_SOURCE),
+            ],
+            value=SESSION_SOURCE if SESSION.latest is not None else FILE_SOURCE,
+            tooltip="Use the model the 'Train U-Net' widget trained last, or a saved .unet file.",
+        )
+        self._file = FileEdit(label="Model file", mode="r", filter="*.unet", nullable=True)
+        self._about = TextEdit(label="About the model", value="")
+        self._about.read_only = True
+        self._about.native.setMaximumHeight(130)
+        self._image = create_widget(annotation=Image, label="Image")
+        self._image.tooltip = "2D, RGB, or a stack (3D/4D) predicted slice by slice."
+        self._output = ComboBox(
+            label="Output",
+            choices=("instances", "semantic"),
+            value="instances",
+            tooltip="instances: every object gets its own id. semantic: one label per class "
+            "(instance models: 1 = foreground).",
+        )
+        self._threshold = FloatSpinBox(
+            label="Threshold",
+            value=0.5,
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            tooltip="Foreground probability above which a pixel belongs to an object. Lower "
+            "it if objects are missed or too small, raise it if they merge.",
+        )
+        self._link_3d = CheckBox(
+            text="Link instances across slices (3D)",
+            value=False,
+            tooltip="Give an object the same id in neighbouring slices where it overlaps, to "
+            "get 3D objects from a Z stack.",
+        )
+        self._probabilities = CheckBox(
+            text="Also add probabilities",
+            value=False,
+            tooltip="Add the network's probabilities (0..1) as an image layer.",
+        )
+        self._tta = CheckBox(
+            text="Test-time augmentation (4x slower)",
+            value=False,
+            tooltip="Average the predictions of the image and its flips: smoother, slower.",
+        )
+        self._tile_size = SpinBox(
+            label="Tile size (px)", value=0, min=0, max=8192, step=16, tooltip=TILE_TOOLTIP
+        )
+        self._tile_size.native.setSpecialValueText("auto")  # shown for 0
+        self._device = ComboBox(
+            label="Device",
+            choices=device_choices(),
+            value="auto",
+            tooltip="Where the network runs. auto: CUDA GPU, else Apple MPS, else CPU.",
+        )
+        self._current_slice = CheckBox(
+            text="Current slice only (preview)",
+            value=False,
+            tooltip="Predict only the slice shown in the viewer; the other slices stay 0.",
+        )
+        self._message = Label(value="")
+        self._message.native.setWordWrap(True)
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
+        self._run = PushButton(text=RUN_TEXT)
+        self.extend(
+            [
+                self._source,
+                self._file,
+                self._about,
+                self._image,
+                self._output,
+                self._threshold,
+                self._link_3d,
+                self._probabilities,
+                self._tta,
+                self._tile_size,
+                self._device,
+                self._current_slice,
+                self._message,
+                self._progress,
+                self._run,
+            ]
+        )
+
+    def _connect(self) -> None:
+        self._file.changed.connect(self._on_file_chosen)
+        for field_ in (self._source, self._image, self._output, self._current_slice):
+            field_.changed.connect(self._validate)
+        self._run.changed.connect(self._run_or_cancel)
+        self._viewer.dims.events.point.connect(self._validate_if_previewing)
+        self._viewer.dims.events.ndisplay.connect(self._validate_if_previewing)
+        SESSION.changed.connect(self._on_session_model)
+        # SESSION and the viewer may outlive the widget: stop listening when Qt deletes it.
+        self.native.destroyed.connect(self._disconnect)
+
+    def _disconnect(self, *_: object) -> None:
+        with contextlib.suppress(ValueError, RuntimeError):
+            SESSION.changed.disconnect(self._on_session_model)
+        for emitter in (self._viewer.dims.events.point, self._viewer.dims.events.ndisplay):
+            emitter.disconnect(self._validate_if_previewing)
+
+    def _forget_missing_file(self) -> None:
+        """Drop a remembered model file that no longer exists."""
+        path = self._file.value
+        if path is not None and not path.is_file():
+            self._file.value = None
+
+    # -- the model ----------------------------------------------------------------------------
+    def _on_session_model(self, trained: TrainedModel) -> None:
+        """Select the model just trained (a running job keeps the model it started with)."""
+        self._source.value = SESSION_SOURCE
+        self._validate()
+
+    def _on_file_chosen(self, *_: object) -> None:
+        if self._file.value is not None:
+            self._source.value = FILE_SOURCE
+        self._load_file()
+
+    def _load_file(self, *_: object) -> None:
+        """Load the chosen model file unless it is loaded already, then validate."""
+        path = self._file.value
+        problem = file_problem(path)
+        key = None if problem else file_key(path)
+        if key is None or key != self._file_key:
+            self._file_key, self._file_model, self._file_error = key, None, problem
+        if key is not None and self._file_model is None and self._file_error is None:
+            self._start_loading(path, key)
+        self._validate()
+
+    def _start_loading(self, path: Path, key: tuple) -> None:
+        """Load small files now; large ones in a worker, one at a time."""
+        if key[1] <= GUI_LOAD_LIMIT_BYTES:
+            self._store_loaded(key, load_or_error(path))
+        elif not self._loader.running:
+            self._loader.start(
+                load_job(path),
+                on_result=lambda loaded: self._store_loaded(key, loaded),
+                on_finished=self._load_file,  # the user may have chosen another file meanwhile
+            )
+
+    def _store_loaded(self, key: tuple, loaded: ChosenModel | str) -> None:
+        if key != self._file_key:
+            return  # another file was chosen while this one loaded
+        if isinstance(loaded, str):
+            self._file_model, self._file_error = None, loaded
+        else:
+            self._file_model, self._file_error = loaded, None
+
+    @property
+    def model(self) -> ChosenModel | None:
+        """The selected model, or ``None`` if there is none (yet)."""
+        if self._source.value == SESSION_SOURCE:
+            trained = SESSION.latest
+            return None if trained is None else model_from_session(trained)
+        return self._file_model
+
+    def _model_problem(self) -> str | None:
+        if self._source.value == SESSION_SOURCE:
+            if SESSION.latest is None:
+                return (
+                    "No model has been trained in this session yet: train one with 'Train "
+                    "U-Net', or choose 'model file' and a .unet file."
+                )
+            return None
+        if self._file_error is not None:
+            return self._file_error
+        if self._file_model is None:
+            return "Loading the model file..."
+        return None
+
+    # -- validation ---------------------------------------------------------------------------
+    def _problem(self) -> str | None:
+        problem = self._model_problem()
+        if problem is not None:
+            return problem
+        layer = self._image.value
+        if layer is None:
+            return "Choose an image layer (open an image, or File > Open Sample > U-Net Kit)."
+        problem = channel_problem(layer, self.model.in_channels)
+        if problem is not None:
+            return problem
+        if self._current_slice.value and self._is_stack(layer):
+            return self._preview_problem(layer)
+        return None
+
+    def _preview_problem(self, layer: Image) -> str | None:
+        if self._viewer.dims.ndisplay == 3:
+            return "'Current slice only' needs the 2D view: switch to 2D or untick it."
+        if visible_slice(self._viewer, layer) is None:
+            return f"The viewer shows no slice of {layer.name!r}: move the slider onto it."
+        return None
+
+    @staticmethod
+    def _is_stack(layer: Image | None) -> bool:
+        if layer is None:
+            return False
+        data, channel_axis = image_data(layer)
+        return layout.n_slices(tuple(data.shape), channel_axis) > 1
+
+    def _validate(self, *_: object) -> bool:
+        """Update the dependent fields and the message; enable Run only for valid inputs."""
+        self._update_fields()
+        problem = self._problem()
+        if not self._runner.running:
+            self._run.enabled = problem is None
+            self._message.value = problem or ""
+        return problem is None
+
+    def _validate_if_previewing(self, *_: object) -> None:
+        if self._current_slice.value:
+            self._validate()
+
+    def _update_fields(self) -> None:
+        """Show what applies to the chosen model, output and image."""
+        self._file.visible = self._source.value == FILE_SOURCE
+        chosen = self.model
+        self._about.value = describe_choice(chosen) if chosen is not None else ""
+        self._set_output_choices(chosen)
+        instances = self._output.value == "instances"
+        stack = self._is_stack(self._image.value)
+        self._threshold.enabled = instances
+        self._link_3d.enabled = instances and stack
+        self._current_slice.enabled = stack
+
+    def _set_output_choices(self, chosen: ChosenModel | None) -> None:
+        wanted = ("semantic",) if chosen and chosen.mode == "classes" else ("instances", "semantic")
+        if tuple(self._output.choices) != wanted:
+            with self._output.changed.blocked():
+                self._output.choices = wanted
+
+    def reset_choices(self, *_: object) -> None:
+        """Refresh the layer list (napari calls this when layers change)."""
+        super().reset_choices()
+        self._validate()
+
+    # -- running ------------------------------------------------------------------------------
+    @property
+    def settings(self) -> PredictSettings:
+        """The prediction settings currently shown in the widget."""
+        layer = self._image.value
+        stack = self._is_stack(layer)
+        instances = self._output.value == "instances"
+        slices = None
+        if stack and self._current_slice.value:
+            slices = [visible_slice(self._viewer, layer)]
+        return PredictSettings(
+            output=self._output.value,
+            threshold=float(self._threshold.value),
+            link_3d=bool(self._link_3d.value and instances and stack),
+            probabilities=bool(self._probabilities.value),
+            tta=bool(self._tta.value),
+            tile_size=int(self._tile_size.value) or None,
+            device=self._device.value,
+            slices=slices,
+        )
+
+    def _run_or_cancel(self, *_: object) -> None:
+        if self._runner.running:
+            self._cancelled = True
+            self._runner.cancel()
+            self._message.value = "Cancelling..."
+            return
+        self.start()
+
+    def start(self) -> GeneratorWorker | None:
+        """Predict the chosen image in a worker and return the worker (``None`` if invalid)."""
+        if not self._validate():
+            return None
+        layer = self._image.value
+        data, channel_axis = image_data(layer)  # not copied: read slice by slice
+        context = RunContext(image=layer, model=self.model, settings=self.settings)
+        self._context, self._cancelled, self._outcome = context, False, None
+        self._run.text = CANCEL_TEXT
+        self._message.value = "Starting..."
+        self._progress.visible = True
+        self._progress.max, self._progress.value = 1, 0
+        return self._runner.start(
+            prediction_job(context.model, data, channel_axis, context.settings),
+            on_event=self._on_event,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_finished=self._finished,
+        )
+
+    def _on_event(self, event: tuple) -> tuple[int, int] | None:
+        """Show progress in tiles; return ``(done, total)`` for the activity dock."""
+        context = self._context
+        if context is None:
+            return None
+        if event[0] == "start":
+            _, context.device, context.tiles_per_slice = event
+            return None
+        _, done, total = event
+        per_slice = context.tiles_per_slice
+        done_tiles, total_tiles = round(done * per_slice), total * per_slice
+        self._progress.max = max(total_tiles, 1)
+        self._progress.value = min(done_tiles, total_tiles)
+        if not self._cancelled:
+            slice_number = min(int(done) + 1, total)
+            tile = done_tiles - (slice_number - 1) * per_slice
+            self._message.value = (
+                f"Slice {slice_number} of {total}, tile {tile} of {per_slice} "
+                f"on {context.device}..."
+            )
+        return done_tiles, total_tiles
+
+    def _on_result(self, result: PredictionResult) -> None:
+        context = self._context
+        if context is None or result is None:
+            return
+        add_prediction_layers(self._viewer, result, context)
+        self._outcome = summary(result, context)
+
+    def _on_error(self, error: BaseException) -> None:
+        self._outcome = error_message(error, "Prediction")
+
+    def _finished(self) -> None:
+        outcome = "Cancelled: no layer was added." if self._cancelled else self._outcome
+        self._context, self._outcome = None, None
+        self._run.text = RUN_TEXT
+        self._progress.visible = False
+        if self._validate() and outcome:
+            self._message.value = outcome
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """Return ``(label, value)`` device choices: auto (saying what it picks), then each device."""
+    choices = [(f"auto: {describe_device('auto')}", "auto")]
+    choices.extend((describe_device(name), name) for name in available_devices())
+    return choices

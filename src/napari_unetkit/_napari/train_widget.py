@@ -1,0 +1,531 @@
+"""The "Train U-Net" widget: (image, labels) pairs in, a trained model file out.
+
+Layout, top to bottom: what the labels mean (instances / classes); the training pairs (image,
+labels, optional annotated region; "Add pair" for more); the settings (advanced ones folded
+away); the live preview option; a message saying what is missing; one Start / Stop button; a
+progress bar, a status line, a live plot of the losses and the validation score; the summary
+of the finished run.
+
+Training runs in a napari thread worker (:class:`~napari_unetkit._napari.jobs.JobRunner`) on
+copies of the layer data, so the viewer stays usable (and paintable) meanwhile. Stop keeps the
+best model so far. The model file is never written over: an existing name gets a number.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import napari.viewer
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
+from napari.utils.theme import get_theme
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QWidget
+
+from napari_unetkit import layout
+from napari_unetkit._napari.jobs import JobRunner
+from napari_unetkit._napari.layers import (
+    METADATA_KEY,
+    image_data,
+    own_layer,
+    placement,
+    unique_name,
+)
+from napari_unetkit._napari.loss_plot import LossPlot
+from napari_unetkit._napari.session import SESSION, TrainedModel
+from napari_unetkit._napari.settings import remember
+from napari_unetkit._napari.torch_guard import prepare_torch_for_napari
+from napari_unetkit._napari.train_inputs import PairList
+from napari_unetkit._napari.train_job import EpochEnd, Preview, PreviewRequest, training_job
+from napari_unetkit._napari.train_settings import TrainSettings, save_path_problem, with_suffix
+from napari_unetkit.training import TrainConfig, TrainProgress, TrainResult
+
+logger = logging.getLogger(__name__)
+
+START_TEXT, STOP_TEXT, STOPPING_TEXT = "Start training", "Stop", "Stopping…"
+#: Resolution of the in-widget progress bar.
+PROGRESS_STEPS = 1000
+#: Shortest time between two GUI updates for the (frequent) per-step events, in seconds.
+STEP_UPDATE_INTERVAL = 0.2
+#: Why training ended, in words.
+STOP_REASONS = {
+    "epochs": "all epochs done",
+    "time_limit": "time limit reached",
+    "cancel": "stopped by you",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """Format seconds as ``m:ss`` or ``h:mm:ss``."""
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def metric_name(mode: str) -> str:
+    """Return the name of the validation score: F1 (instances) or IoU (classes)."""
+    return "F1" if mode == "instances" else "IoU"
+
+
+def status_text(event: TrainProgress, metric: str) -> str:
+    """One status line for a progress event, e.g. ``"Epoch 3/50 · step 7/20 · loss 0.41 ..."``.
+
+    Parameters
+    ----------
+    event : TrainProgress
+        The trainer's event.
+    metric : str
+        Name of the validation score (``"F1"`` or ``"IoU"``).
+    """
+    if event.stage == "preparing":
+        return f"Preparing the data ({event.message})…" if event.message else "Preparing…"
+    if event.stage in ("saving", "done"):
+        return event.message[:1].upper() + event.message[1:] if event.message else event.stage
+    epochs = f"/{event.n_epochs}" if event.n_epochs else ""
+    parts = [f"Epoch {event.epoch}{epochs}"]
+    if event.stage == "validating":
+        parts.append("validating")
+    elif event.steps_per_epoch:
+        parts.append(f"step {event.step}/{event.steps_per_epoch}")
+    if event.train_loss is not None:
+        parts.append(f"loss {event.train_loss:.4f}")
+    if event.val_loss is not None:
+        parts.append(f"val loss {event.val_loss:.4f}")
+    if event.best_score is not None:
+        parts.append(f"best {metric} {event.best_score:.3f}")
+    timing = f"{duration(event.elapsed)} elapsed"
+    if event.eta is not None:
+        timing += f", about {duration(event.eta)} left"
+    parts.append(timing)
+    return " · ".join(parts)
+
+
+def progress_position(event: TrainProgress, config: TrainConfig) -> tuple[int, int] | None:
+    """Return ``(done, total)`` for the progress bars, or ``None`` to leave them as they are.
+
+    Epoch budgets count optimiser steps; time budgets count seconds.
+    """
+    if config.epochs is None:
+        if config.time_limit is None or event.stage == "preparing":
+            return None
+        return min(int(event.elapsed), int(config.time_limit)), int(config.time_limit)
+    total = event.total_steps_estimate
+    if not total or event.stage == "preparing":
+        return None
+    if event.stage == "training" and event.message:
+        return None  # start or epoch summary: its step count is the finished epoch's
+    done = (event.epoch - 1) * event.steps_per_epoch + event.step
+    if event.stage in ("saving", "done"):
+        done = event.epoch * event.steps_per_epoch
+    return min(max(done, 0), total), total
+
+
+def summary_text(result: TrainResult, mode: str) -> str:
+    """Describe a finished run: epochs, time, why it ended, best score, where it was saved."""
+    lines = [
+        f"Trained {result.epochs_run} epoch{'s' if result.epochs_run != 1 else ''} in "
+        f"{duration(result.elapsed)} ({STOP_REASONS.get(result.stopped_by, result.stopped_by)})."
+    ]
+    if result.best_score is not None:
+        lines.append(
+            f"Best validation {metric_name(mode)}: {result.best_score:.3f} "
+            f"(epoch {result.best_epoch})."
+        )
+    else:
+        lines.append("No validation data: the last epoch's model was kept.")
+    if result.model_path is not None:
+        lines.append(f"Saved to {result.model_path}")
+    lines.append("The Predict widget now uses this model.")
+    return "\n".join(lines)
+
+
+def visible_slice(viewer: napari.viewer.Viewer, image: Image) -> tuple[int, ...]:
+    """Return the slice of ``image`` shown in the viewer (``()`` for a 2D image)."""
+    data, channel_axis = image_data(image)
+    sizes = layout.slice_index_shape(tuple(data.shape), channel_axis)
+    if not sizes:
+        return ()
+    coords = image.world_to_data(viewer.dims.point)[: len(sizes)]
+    return tuple(
+        int(np.clip(round(float(c)), 0, n - 1)) for c, n in zip(coords, sizes, strict=True)
+    )
+
+
+def _wrapping_label(lines: int | None = None) -> Label:
+    """Return a label that wraps long text; with ``lines``, of a fixed height of that many lines.
+
+    A fixed height matters for text that changes many times a second (the status line):
+    otherwise every change may re-layout the dock and resize (redraw) the plot.
+    """
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    if lines is not None:
+        spacing = label.native.fontMetrics().lineSpacing()
+        label.native.setFixedHeight(lines * spacing + 4)
+    return label
+
+
+class _UndockWatch(QObject):
+    """Calls ``callback`` when ``widget`` is taken out of its dock (napari's panel close button).
+
+    napari does not delete a removed dock's widget, it only unparents it; without this a
+    training started from a closed panel would go on unseen.
+    """
+
+    def __init__(self, widget: QWidget, callback: Callable[[], None]) -> None:
+        super().__init__(widget)
+        self._callback = callback
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Watch for the parent change that leaves the widget without a parent."""
+        if event.type() == QEvent.Type.ParentChange and watched.parent() is None:
+            self._callback()
+        return False
+
+
+class TrainWidget(Container):
+    """Train a U-Net on annotated layers, watch it learn, and keep the best model.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer whose layers are trained on (and where the preview appears).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=False)
+        prepare_torch_for_napari()
+        self._viewer = viewer
+        self._runner = JobRunner("Training")
+        self._alive = True
+        self._config: TrainConfig | None = None
+        self._request: PreviewRequest | None = None
+        self._preview_source: Image | None = None
+        self._preview_name = ""
+        self._previewed: tuple[int, ...] | None = None
+        self._last_step_update = 0.0
+        self._outcome = ""  # "result" or "error" once the run has ended that way
+        self._make_widgets()
+        self._connect()
+        remember("train", self._remembered_fields())
+        self._settings.adopt_path_as_suggestion()
+        self._suggest_file_name()
+        self._mode_changed()
+
+    # -- construction -------------------------------------------------------------------------
+    def _make_widgets(self) -> None:
+        self._mode = ComboBox(
+            label="Labels are",
+            choices=(("separate cells (instances)", "instances"), ("classes", "classes")),
+            value="instances",
+            tooltip="instances: each cell has its own number, 0 = background; the network "
+            "learns to separate touching cells. classes: 1, 2, ... are classes (e.g. 1 = "
+            "background, 2 = nucleus), 0 = not annotated, so scribbles are fine.",
+        )
+        self._pairs = PairList(self._viewer, self._validate)
+        self._settings = TrainSettings()
+        self._preview = CheckBox(
+            text="Live preview",
+            value=False,
+            tooltip="Every few epochs, predict the slice of the first image you are looking at "
+            "and show it as a '<image> preview' Labels layer.",
+        )
+        self._preview_every = SpinBox(label="every", min=1, max=10_000, value=5)
+        self._preview_every.tooltip = "Preview after every N-th epoch (each costs a prediction)."
+        self._message = _wrapping_label()
+        self._start = PushButton(text=START_TEXT)
+        self._progress = ProgressBar(min=0, max=PROGRESS_STEPS, value=0)
+        self._status = _wrapping_label(lines=3)
+        theme = get_theme(self._viewer.theme)
+        self._plot = LossPlot(theme.background.as_hex(), theme.text.as_hex())
+        self._summary = _wrapping_label()
+        preview_row = Container(
+            layout="horizontal",
+            labels=False,
+            widgets=[self._preview, self._preview_every, Label(value="epochs")],
+        )
+        preview_row.margins = (0, 0, 0, 0)
+        self.extend(
+            [
+                Container(labels=True, widgets=[self._mode]),
+                self._pairs,
+                self._settings,
+                preview_row,
+                self._message,
+                self._start,
+                self._progress,
+                self._status,
+                self._plot,
+                self._summary,
+            ]
+        )
+
+    def _connect(self) -> None:
+        self._mode.changed.connect(self._mode_changed)
+        self._settings.changed.connect(self._validate)
+        self._pairs.rows[0].image.changed.connect(self._suggest_file_name)
+        self._start.changed.connect(self._start_or_stop)
+        for field in (self._preview, self._preview_every):
+            field.changed.connect(self._update_request)
+        self._viewer.dims.events.current_step.connect(self._follow_slice)
+        runner = self._runner
+
+        def closed(*_: object) -> None:
+            # The dock (or the whole viewer) is gone: stop training, touch no widget again.
+            self._alive = False
+            runner.cancel()
+            self._viewer.dims.events.current_step.disconnect(self._follow_slice)
+            self._pairs.stop_watching()
+
+        self.native.destroyed.connect(closed)
+        self._undock_watch = _UndockWatch(self.native, self._stop_if_running)
+
+    def _stop_if_running(self) -> None:
+        if self._alive and self._runner.running:
+            self.stop()
+
+    def _remembered_fields(self) -> dict:
+        fields = {"mode": self._mode, "preview": self._preview}
+        fields["preview_every"] = self._preview_every
+        fields.update(self._settings.remembered_fields())
+        return fields
+
+    # -- reactions to edits -------------------------------------------------------------------
+    def _mode_changed(self, *_: object) -> None:
+        instances = self._mode.value == "instances"
+        self._settings.show_weight_fields(instances)
+        if not self._runner.running:
+            self._plot.reset(f"validation {metric_name(self._mode.value)}")
+        self._validate()
+
+    def _suggest_file_name(self, *_: object) -> None:
+        image = self._pairs.first_image()
+        if image is not None:
+            self._settings.suggest_file_name(image.name)
+
+    def reset_choices(self, *_: object) -> None:
+        """Refresh the layer lists (napari calls this when layers change) and re-check."""
+        if not self._alive:
+            return
+        super().reset_choices()
+        self._validate()
+
+    def _problem(self) -> str | None:
+        mode = self._mode.value
+        problem = self._pairs.problem(mode)
+        if problem is not None:
+            return problem
+        try:
+            self._settings.config(mode, channel_axis=None)
+        except ValueError as error:
+            return f"Settings: {error}"
+        return save_path_problem(Path(self._settings.path.value))
+
+    def _note(self) -> str:
+        chosen = with_suffix(Path(self._settings.path.value).expanduser())
+        actual = self._settings.model_path()
+        if actual != chosen:
+            return f"{chosen.name} exists: the model will be saved as {actual.name}."
+        return ""
+
+    def _validate(self, *_: object) -> bool:
+        """Show what is missing and enable Start only when training can begin."""
+        if not self._alive or not hasattr(self, "_start") or self._runner.running:
+            return False  # inputs are locked while training: nothing to re-check
+        problem = self._problem()
+        self._start.enabled = problem is None
+        self._message.value = problem or self._note()
+        return problem is None
+
+    # -- start / stop ------------------------------------------------------------------------
+    def _start_or_stop(self, *_: object) -> None:
+        if self._runner.running:
+            self.stop()
+        else:
+            self.start()
+
+    def stop(self) -> None:
+        """Ask training to stop after the current step; the best model so far is kept."""
+        self._runner.cancel()
+        self._start.text = STOPPING_TEXT
+        self._start.enabled = False
+
+    def start(self):
+        """Start training on copies of the chosen layers; return the worker (None if invalid)."""
+        if self._runner.running or not self._validate():
+            return None
+        mode = self._mode.value
+        try:
+            data = self._pairs.take_snapshot()
+            config = self._settings.config(mode, data.channel_axis)
+            out = self._settings.model_path()
+        except (ValueError, OSError) as error:
+            self._message.value = str(error)
+            return None
+        self._config = config
+        self._last_step_update = 0.0
+        self._outcome = ""
+        self._prepare_preview(data.name)
+        self._plot.reset(f"validation {metric_name(mode)}")
+        self._summary.value = ""
+        self._message.value = f"Training; the model goes to {out}"
+        self._set_running(True)
+        worker = self._runner.start(
+            training_job(data, config, out, self._request),
+            on_event=self._on_event,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_finished=self._on_finished,
+        )
+        # napari quits workers when its window closes; a quit worker stops listening at once
+        # but does not stop the training thread: tell it to stop too.
+        worker.aborted.connect(self._runner.cancel)
+        return worker
+
+    def _set_running(self, running: bool) -> None:
+        for part in (self._mode, self._pairs, self._settings):
+            part.enabled = not running
+        self._start.text = STOP_TEXT if running else START_TEXT
+        self._start.enabled = True
+        if running:
+            self._progress.value = 0
+            self._status.value = "Starting…"
+
+    # -- preview ------------------------------------------------------------------------------
+    def _prepare_preview(self, name: str) -> None:
+        self._preview_source = self._pairs.first_image()
+        self._preview_name = f"{name} preview"
+        self._previewed = None
+        index = visible_slice(self._viewer, self._preview_source)
+        self._request = PreviewRequest(self._preview_every.value, index)
+        self._update_request()
+        layer = own_layer(self._viewer, self._preview_name, "preview")
+        if layer is not None:  # an earlier run's preview: start from a blank one
+            layer.data[...] = 0
+            layer.refresh()
+
+    def _update_request(self, *_: object) -> None:
+        if self._request is None:
+            return
+        self._request.enabled = self._preview.value
+        self._request.every = self._preview_every.value
+        if self._preview.value:
+            self._preview_layer()  # made now, not in the middle of training (it takes a moment)
+
+    def _follow_slice(self, *_: object) -> None:
+        if self._request is not None and self._runner.running and self._alive:
+            self._request.index = visible_slice(self._viewer, self._preview_source)
+
+    def _preview_layer(self) -> Labels:
+        """Return the preview Labels layer, adding it (over the first image) if needed."""
+        source = self._preview_source
+        data, channel_axis = image_data(source)
+        shape = layout.labels_shape(tuple(data.shape), channel_axis)
+        layer = own_layer(self._viewer, self._preview_name, "preview")
+        if layer is not None and layer.data.shape == shape:
+            return layer
+        active = self._viewer.layers.selection.active
+        layer = self._viewer.add_labels(
+            np.zeros(shape, dtype=np.int32),
+            name=unique_name(self._viewer, self._preview_name),
+            metadata={METADATA_KEY: "preview"},
+            **placement(source),
+        )
+        self._preview_name = layer.name
+        self._previewed = None
+        if active is not None:
+            self._viewer.layers.selection.active = active  # keep painting where you were
+        return layer
+
+    def _show_preview(self, preview: Preview) -> None:
+        layer = self._preview_layer()
+        if self._previewed is not None and self._previewed != preview.index:
+            layer.data[self._previewed] = 0
+        layer.data[preview.index] = preview.labels
+        layer.metadata["epoch"] = preview.epoch
+        layer.metadata["slice"] = preview.index
+        self._previewed = preview.index
+        layer.refresh()
+
+    # -- job callbacks (GUI thread) -----------------------------------------------------------
+    def _on_event(self, event: object) -> tuple[int, int] | None:
+        if not self._alive:
+            return None
+        if isinstance(event, EpochEnd):
+            entry = event.entry
+            score = entry.get("val_f1", entry.get("val_iou"))
+            self._plot.add_epoch(
+                entry["epoch"], entry.get("train_loss"), entry.get("val_loss"), score
+            )
+            return None
+        if isinstance(event, Preview):
+            self._show_preview(event)
+            return None
+        if not isinstance(event, TrainProgress) or self._skip_step(event):
+            return None
+        if event.stage == "training" and not self._plot.epochs:
+            self._plot.expect_loss(event.train_loss)
+        self._status.value = status_text(event, metric_name(self._config.mode))
+        position = progress_position(event, self._config)
+        if position is not None:
+            self._show_progress(round(PROGRESS_STEPS * position[0] / position[1]))
+        return position
+
+    def _show_progress(self, value: int) -> None:
+        """Move the progress bar without the immediate repaint QProgressBar does.
+
+        An immediate repaint composes napari's whole (OpenGL) window; with updates disabled
+        meanwhile, the change joins the next regular paint.
+        """
+        bar = self._progress.native
+        bar.setUpdatesEnabled(False)
+        self._progress.value = value
+        bar.setUpdatesEnabled(True)
+
+    def _skip_step(self, event: TrainProgress) -> bool:
+        """Whether to skip a per-step event because the last GUI update was a moment ago."""
+        if event.stage != "training" or event.message:
+            return False  # stage changes and epoch summaries are always shown
+        now = time.perf_counter()
+        if now - self._last_step_update < STEP_UPDATE_INTERVAL:
+            return True
+        self._last_step_update = now
+        return False
+
+    def _on_result(self, result: TrainResult) -> None:
+        self._outcome = "result"
+        if not self._alive or result is None:
+            return
+        self._summary.value = summary_text(result, self._config.mode)
+        self._show_progress(PROGRESS_STEPS)
+        description = result.description
+        SESSION.publish(TrainedModel(result.model, description, result.model_path))
+        if result.model_path is not None:
+            show_info(f"Training finished; the model is saved in {result.model_path}.")
+
+    def _on_error(self, error: BaseException) -> None:
+        self._outcome = "error"
+        if self._alive:
+            self._status.value = f"Training failed: {error}"
+
+    def _on_finished(self) -> None:
+        self._request = None
+        if not self._alive:
+            return
+        if not self._outcome:
+            self._status.value = "Stopped before training began: no model was saved."
+        self._set_running(False)
+        self._validate()
+
+    @property
+    def runner(self) -> JobRunner:
+        """The job runner (its ``worker`` is the running training, if any)."""
+        return self._runner

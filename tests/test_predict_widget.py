@@ -1,0 +1,332 @@
+import os
+import subprocess
+import sys
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from napari.layers import Image, Labels
+
+from napari_unetkit._napari import predict_widget
+from napari_unetkit._napari.layers import METADATA_KEY
+from napari_unetkit._napari.session import SESSION, TrainedModel
+from napari_unetkit._napari.torch_guard import protect_from_triton_crash
+from napari_unetkit.model import UNet, UNetConfig
+from napari_unetkit.modelfile import load_model, save_model
+from napari_unetkit.normalization import NormalizationSettings
+from napari_unetkit.prediction import Predictor
+from napari_unetkit.synthetic import synthetic_nuclei
+from napari_unetkit.training import TrainConfig, train
+
+pytestmark = pytest.mark.gui
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def instance_model(tmp_path_factory):
+    """A tiny instance model trained in about a second: it finds most synthetic nuclei."""
+    pairs = [synthetic_nuclei(shape=(128, 128), seed=seed) for seed in range(4)]
+    config = TrainConfig(
+        depth=2,
+        base_channels=8,
+        patch_size=64,
+        batch_size=4,
+        epochs=1,
+        steps_per_epoch=20,
+        learning_rate=3e-3,
+        val_fraction=0.0,  # the last model is good enough here
+        device="cpu",
+        threads=1,  # many times faster than 2 threads on a busy 2-core machine
+    )
+    path = tmp_path_factory.mktemp("models") / "nuclei.unet"
+    # Creating the optimiser imports Triton, which crashes next to a viewer's Mesa LLVM.
+    protect_from_triton_crash()
+    threads = torch.get_num_threads()
+    try:
+        train(pairs, config, out=path)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+@pytest.fixture(scope="session")
+def class_model(tmp_path_factory):
+    """An untrained 3-class model (random weights): enough to check shapes and choices."""
+    torch.manual_seed(0)
+    config = UNetConfig(depth=2, base_channels=4, n_classes=3)
+    description = {
+        "mode": "classes",
+        "class_names": ["nucleus", "membrane", "debris"],
+        "normalization": NormalizationSettings().to_dict(),
+    }
+    path = tmp_path_factory.mktemp("models") / "classes.unet"
+    return save_model(path, UNet(config), description)
+
+
+@pytest.fixture(autouse=True)
+def _no_session_model(monkeypatch):
+    """Each test starts without a model trained in this session (and leaves none behind)."""
+    monkeypatch.setattr(SESSION, "latest", None)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unetkit", "Predict with U-Net")
+    return widget
+
+
+def run_and_wait(qtbot, widget):
+    assert widget._run.enabled, widget._message.value
+    widget._run.native.click()
+    assert widget._runner.running
+    # Not waitSignal(worker.finished): a job that fails at once may finish before the signal
+    # is connected. The runner forgets its worker in the GUI thread once it has finished.
+    qtbot.waitUntil(lambda: not widget._runner.running, timeout=60_000)
+
+
+def predictions(viewer):
+    return [layer for layer in viewer.layers if layer.metadata.get(METADATA_KEY) == "prediction"]
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def test_without_a_model_run_is_disabled_with_a_reason(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)))
+    widget = dock(viewer)
+    assert not widget._run.enabled
+    assert "model" in widget._message.value and ".unet" in widget._message.value
+    widget._source.value = "session"
+    assert not widget._run.enabled
+    assert "No model has been trained in this session" in widget._message.value
+
+
+def test_bad_model_file_is_explained(make_napari_viewer, tmp_path):
+    bad = tmp_path / "broken.unet"
+    bad.write_bytes(np.random.default_rng(0).bytes(2000))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)))
+    widget = dock(viewer)
+    widget._file.value = bad
+    assert not widget._run.enabled
+    assert "broken.unet is not a napari-unetkit model file" in widget._message.value
+    widget._file.value = tmp_path / "missing.unet"
+    assert "does not exist" in widget._message.value
+
+
+def test_rgb_image_with_a_grey_model_is_explained(make_napari_viewer, instance_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    assert "Mode: instances" in widget._about.value
+    assert not widget._run.enabled
+    message = widget._message.value
+    assert "1 channel (greyscale)" in message and "'photo' has 3 channels (RGB)" in message
+    viewer.add_image(np.zeros((32, 32)), name="grey")
+    widget._image.value = viewer.layers["grey"]
+    assert widget._run.enabled and widget._message.value == ""
+
+
+def test_large_model_files_load_in_a_worker(
+    make_napari_viewer, qtbot, monkeypatch, instance_model, tmp_path
+):
+    monkeypatch.setattr(predict_widget, "GUI_LOAD_LIMIT_BYTES", 0)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)))
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    assert "Loading" in widget._message.value and not widget._run.enabled
+    qtbot.waitUntil(lambda: not widget._loader.running, timeout=30_000)
+    assert widget._run.enabled
+    assert "Input channels: 1" in widget._about.value
+
+    # A file chosen while another one loads is loaded next; the first one's result is dropped.
+    copy = tmp_path / "copy.unet"
+    copy.write_bytes(instance_model.read_bytes())
+    bad = tmp_path / "bad.unet"
+    bad.write_bytes(b"not a model")
+    widget._file.value = copy
+    assert widget._loader.running
+    widget._file.value = bad
+    expected = "bad.unet is not a napari-unetkit model file"
+    qtbot.waitUntil(lambda: expected in widget._message.value, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget._loader.running, timeout=30_000)
+    assert widget._about.value == "" and not widget._run.enabled
+
+
+# ------------------------------------------------------------------------------------ prediction
+
+
+def test_widget_prediction_equals_the_engine(make_napari_viewer, qtbot, instance_model):
+    image, _ = synthetic_nuclei(shape=(160, 144), seed=11)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells", scale=(0.5, 0.25), translate=(3, 4))
+    viewer.add_labels(np.zeros((8, 8), np.int32), name="cells prediction")  # the user's
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    widget._threshold.value = 0.6
+    widget._device.value = "cpu"
+    run_and_wait(qtbot, widget)
+
+    (layer,) = predictions(viewer)
+    assert isinstance(layer, Labels) and layer.name == "cells prediction [2]"
+    assert viewer.layers["cells prediction"].data.shape == (8, 8)  # untouched
+    assert layer.data.shape == image.shape and np.issubdtype(layer.data.dtype, np.integer)
+    assert layer.data.max() >= 5  # several instances
+    assert tuple(layer.scale) == (0.5, 0.25) and tuple(layer.translate) == (3, 4)
+    assert layer.metadata["model"] == str(instance_model)
+    assert "Mode: instances" in layer.metadata["model_summary"]
+    expected = Predictor.from_file(instance_model, device="cpu").predict(image, threshold=0.6)
+    np.testing.assert_array_equal(layer.data, expected.labels)
+    assert "instances" in widget._message.value and widget._run.text == "Run"
+
+
+def test_stack_slice_wise_and_current_slice_only(make_napari_viewer, qtbot, instance_model):
+    stack = np.stack([synthetic_nuclei(shape=(96, 96), seed=s)[0] for s in range(3)])
+    lazy = da.from_array(stack, chunks=(1, 96, 96))
+    viewer = make_napari_viewer()
+    viewer.add_image(lazy, name="stack", scale=(2, 1, 1), translate=(10, 0, 0))
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    run_and_wait(qtbot, widget)
+    full = predictions(viewer)[0].data
+    expected = Predictor.from_file(instance_model, device="cpu").predict(stack)
+    np.testing.assert_array_equal(full, expected.labels)
+    assert all(full[z].max() > 0 for z in range(3))
+
+    viewer.dims.set_point(0, 14.0)  # world z 14 = data slice (14 - 10) / 2 = 2
+    widget._current_slice.value = True
+    assert widget.settings.slices == [(2,)]
+    run_and_wait(qtbot, widget)
+    preview = predictions(viewer)[1].data
+    assert not preview[:2].any()
+    np.testing.assert_array_equal(preview[2] > 0, full[2] > 0)
+
+
+def test_probabilities_layer(make_napari_viewer, qtbot, instance_model):
+    image, _ = synthetic_nuclei(shape=(96, 96), seed=5)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    widget._probabilities.value = True
+    run_and_wait(qtbot, widget)
+    probability = viewer.layers["cells probability"]
+    assert isinstance(probability, Image) and probability.data.shape == image.shape
+    assert probability.data.min() >= 0 and probability.data.max() <= 1
+    assert probability.colormap.name == "magma"
+    assert tuple(probability.contrast_limits) == (0, 1)
+
+
+def test_class_model_offers_semantic_output_only(make_napari_viewer, qtbot, class_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_nuclei(shape=(64, 64), seed=1)[0], name="cells")
+    widget = dock(viewer)
+    widget._file.value = class_model
+    assert tuple(widget._output.choices) == ("semantic",)
+    assert not widget._threshold.enabled
+    widget._probabilities.value = True
+    run_and_wait(qtbot, widget)
+    labels = predictions(viewer)[0].data
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {1, 2, 3}
+    for name in ("nucleus", "membrane", "debris"):
+        assert viewer.layers[f"cells probability {name}"].data.shape == (64, 64)
+
+
+def test_cancel_adds_no_layer(make_napari_viewer, qtbot, instance_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((3, 256, 256), np.float32), name="big")
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    widget._tile_size.value = 16  # hundreds of tiles
+    widget._run.native.click()
+    assert widget._runner.running and widget._run.text == "Cancel"
+    widget._run.native.click()
+    qtbot.waitUntil(lambda: not widget._runner.running, timeout=60_000)
+    assert predictions(viewer) == [] and [layer.name for layer in viewer.layers] == ["big"]
+    assert "Cancelled" in widget._message.value
+    assert widget._run.text == "Run" and widget._run.enabled
+
+
+# ------------------------------------------------------------------------------------ session
+
+
+def test_model_trained_in_this_session_becomes_the_selection(
+    make_napari_viewer, qtbot, instance_model
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_nuclei(shape=(64, 64), seed=2)[0], name="cells")
+    widget = dock(viewer)
+    assert widget._source.value == "file" and not widget._run.enabled
+    model, description = load_model(instance_model)
+    SESSION.publish(TrainedModel(model, description, None))
+    assert widget._source.value == "session" and widget._run.enabled
+    assert widget._about.value.startswith("Trained in this session\nMode: instances")
+    run_and_wait(qtbot, widget)
+    (layer,) = predictions(viewer)
+    assert layer.metadata["model"] == "trained in this session"
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_settings_are_remembered(make_napari_viewer, instance_model, tmp_path):
+    widget = dock(make_napari_viewer())
+    widget._file.value = instance_model
+    widget._threshold.value = 0.7
+    widget._tta.value = True
+    widget._tile_size.value = 256
+    widget._output.value = "semantic"
+    widget._device.value = "cpu"
+    second = dock(make_napari_viewer())
+    assert second._file.value == instance_model and "Mode: instances" in second._about.value
+    assert second._threshold.value == pytest.approx(0.7)
+    assert (second._tta.value, second._tile_size.value) == (True, 256)
+    assert (second._output.value, second._device.value) == ("semantic", "cpu")
+
+    gone = tmp_path / "gone.unet"
+    second._file.value = gone
+    third = dock(make_napari_viewer())
+    assert third._file.value is None  # a remembered file that no longer exists is dropped
+
+
+def test_engine_errors_are_shown_in_the_widget(make_napari_viewer, qtbot, instance_model):
+    image = synthetic_nuclei(shape=(64, 64), seed=3)[0].astype(np.float32)
+    image[5, 5] = np.nan
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="holes")
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    run_and_wait(qtbot, widget)
+    assert predictions(viewer) == []
+    assert widget._message.value.startswith("Prediction failed: The image contains NaN")
+    assert widget._run.enabled and widget._run.text == "Run"
+
+
+def test_loading_a_model_file_in_a_fresh_napari_does_not_crash(instance_model, tmp_path):
+    """Regression: with Mesa OpenGL, Triton (imported while loading a file) crashed napari."""
+    script = tmp_path / "open.py"
+    script.write_text(
+        "import sys, napari, numpy as np\n"
+        "from napari_unetkit._napari.predict_widget import PredictWidget\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "viewer.add_image(np.zeros((32, 32)))\n"
+        "widget = PredictWidget(viewer)\n"
+        "widget._file.value = sys.argv[1]\n"
+        "assert widget._run.enabled, widget._message.value\n"
+        "viewer.close()\n"
+    )
+    env = {**os.environ, "NAPARI_UNETKIT_CONFIG_DIR": str(tmp_path / "config")}
+    done = subprocess.run(
+        [sys.executable, str(script), str(instance_model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
