@@ -70,8 +70,21 @@ def normalised_nuclei(shape, seed=0) -> np.ndarray:
     return percentile_normalize(image[None])
 
 
+def plain_reference(model: nn.Module, image_cyx: np.ndarray) -> np.ndarray:
+    """Slow reference of ``border="network"``: the whole image in one plain eval-mode call."""
+    with torch.inference_mode():
+        return torch.softmax(model.eval()(torch.from_numpy(image_cyx)[None]), dim=1)[0].numpy()
+
+
+def reference(model: nn.Module, image_cyx: np.ndarray, predictor: Predictor) -> np.ndarray:
+    """The whole-image result the predictor's tiles must reproduce, for its border mode."""
+    if predictor.border == "network":
+        return plain_reference(model, image_cyx)
+    return whole_image_reference(model, image_cyx, predictor.halo)
+
+
 def whole_image_reference(model: nn.Module, image_cyx: np.ndarray, halo: int) -> np.ndarray:
-    """Slow reference: the whole image in one pass, mirror-padded by ``halo`` by hand.
+    """Slow reference of ``border="mirror"``: one pass on the image mirror-padded by ``halo``.
 
     The bottom/right padding is extended so that the padded image is a multiple of ``2**depth``
     (the network then adds no padding of its own and the pooling grid starts ``halo`` pixels
@@ -91,7 +104,7 @@ def whole_image_reference(model: nn.Module, image_cyx: np.ndarray, halo: int) ->
 def tile_count(predictor: Predictor, image_cyx: np.ndarray) -> int:
     calls = []
     predictor.predict_slice(image_cyx, progress=lambda done, total: calls.append(total))
-    assert calls[-1] == len(predictor.tile_layout(image_cyx.shape[1:])[1])
+    assert calls[-1] == len(predictor.tile_layout(image_cyx.shape[1:]))
     return calls[-1]
 
 
@@ -161,16 +174,30 @@ def test_auto_tile_size_on_cpu():
     assert predictor.tile_size % 4 == 0 and predictor.halo == default_halo(predictor.config)
 
 
-def test_tile_layout_covers_the_slice_evenly():
+@pytest.mark.parametrize("border", ["network", "mirror"])
+def test_tile_layout_covers_the_slice_evenly(border):
     model = random_model(depth=3)
-    predictor = Predictor(model, description(model.config), device="cpu", tile_size=64)
-    core, tiles = predictor.tile_layout((130, 40))
-    assert core == (48, 40)  # 3 cores of 48 rows (not 64 + 64 + 2), one of 40 columns
+    predictor = Predictor(
+        model, description(model.config), device="cpu", tile_size=64, border=border
+    )
+    assert predictor.halo == 48
+    tiles = predictor.tile_layout((130, 40))
     covered = np.zeros((130, 40), int)
     for tile in tiles:
-        assert tile.y % 8 == 0 and tile.x % 8 == 0
         covered[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width] += 1
+        assert all(edge % 8 == 0 for edge in tile.window)  # on the pooling grid
     assert (covered == 1).all()
+    # 130 rows round up to 136 = 17 blocks of 8: cores of 6, 6 and 5 blocks (not 64 + 64 + 8);
+    # the 40 columns fit one core. Rows: (y, height, window top, window bottom, offset).
+    rows = [(t.y, t.height, t.window[0], t.window[1], t.offset[0]) for t in tiles]
+    if border == "network":
+        # Padded by the network's own 3 + 3 rows; the halo is clipped to the padded slice.
+        assert rows == [(0, 45, 0, 96, 3), (45, 48, 0, 136, 48), (93, 37, 48, 136, 48)]
+        assert {t.window[2:] for t in tiles} == {(0, 40)}
+    else:
+        # Mirrored by the halo (48) on each side plus 6 rows of rounding below.
+        assert rows == [(0, 48, 0, 144, 48), (48, 48, 48, 192, 48), (96, 34, 96, 232, 48)]
+        assert {t.window[2:] for t in tiles} == {(0, 136)}
 
 
 def test_sizes_are_rounded_to_the_pooling_grid():
@@ -194,52 +221,75 @@ def test_probabilities_sum_to_one():
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("border", ["network", "mirror"])
 @pytest.mark.parametrize("depth", [3, 4])
-def test_tiled_prediction_matches_whole_image(trained, depth):
+def test_tiled_prediction_matches_whole_image(trained, depth, border):
     if depth == 3:
         model, shape = trained, (200, 152)
     else:
         model, shape = random_model(depth=4, base_channels=4, seed=1), (100, 120)
     image = normalised_nuclei(shape, seed=5)
-    predictor = Predictor(
-        model, description(model.config), device="cpu", tile_size=48, batch_size=3
-    )
+    options = {"device": "cpu", "tile_size": 48, "border": border}
+    predictor = Predictor(model, description(model.config), batch_size=3, **options)
     assert tile_count(predictor, image) >= 9
     tiled = predictor.predict_slice(image)
-    reference = whole_image_reference(model, image, predictor.halo)
-    assert reference[1].std() > 0.05  # the model's output is not trivially flat
-    assert np.abs(tiled - reference).max() <= 0.01
+    expected = reference(model, image, predictor)
+    assert expected[1].std() > 0.05  # the model's output is not trivially flat
+    assert np.abs(tiled - expected).max() <= 0.01
+    if border == "network":  # the network's own border: exact, up to float rounding
+        assert np.abs(tiled - expected).max() <= 1e-4
     # The check is sensitive: without a halo the tile seams are plainly visible.
-    seamy = Predictor(model, description(model.config), device="cpu", tile_size=48, halo=0)
-    assert np.abs(seamy.predict_slice(image) - reference).max() > 0.01
+    seamy = Predictor(model, description(model.config), halo=0, **options)
+    assert np.abs(seamy.predict_slice(image) - expected).max() > 0.01
 
 
-def test_tile_larger_than_image(trained):
+def test_border_modes_differ_only_near_the_border(trained):
+    image = normalised_nuclei((96, 80), seed=3)
+    network = Predictor(trained, description(trained.config), device="cpu")
+    mirror = Predictor(trained, description(trained.config), device="cpu", border="mirror")
+    a, b = network.predict_slice(image), mirror.predict_slice(image)
+    assert np.abs(a - b).max() > 0.01  # zero-padded convolutions vs mirrored context
+    inner = (slice(None), slice(40, -40), slice(40, -40))
+    np.testing.assert_allclose(a[inner], b[inner], atol=1e-3)
+    with pytest.raises(ValueError, match="border"):
+        Predictor(trained, description(trained.config), device="cpu", border="zeros")
+
+
+@pytest.mark.parametrize("border", ["network", "mirror"])
+def test_tile_larger_than_image(trained, border):
     image = normalised_nuclei((50, 70), seed=2)
-    predictor = Predictor(trained, description(trained.config), device="cpu", tile_size=1024)
+    predictor = Predictor(
+        trained, description(trained.config), device="cpu", tile_size=1024, border=border
+    )
     assert tile_count(predictor, image) == 1
-    reference = whole_image_reference(trained, image, predictor.halo)
-    np.testing.assert_allclose(predictor.predict_slice(image), reference, atol=1e-4)
+    expected = reference(trained, image, predictor)
+    np.testing.assert_allclose(predictor.predict_slice(image), expected, atol=1e-4)
 
 
-def test_tile_smaller_than_halo(trained):
+@pytest.mark.parametrize("border", ["network", "mirror"])
+def test_tile_smaller_than_halo(trained, border):
     image = normalised_nuclei((24, 19), seed=4)
-    predictor = Predictor(trained, description(trained.config), device="cpu", tile_size=8)
+    predictor = Predictor(
+        trained, description(trained.config), device="cpu", tile_size=8, border=border
+    )
     assert predictor.halo > predictor.tile_size
     assert tile_count(predictor, image) == 3 * 3
-    reference = whole_image_reference(trained, image, predictor.halo)
-    assert np.abs(predictor.predict_slice(image) - reference).max() <= 0.01
+    expected = reference(trained, image, predictor)
+    assert np.abs(predictor.predict_slice(image) - expected).max() <= 0.01
 
 
+@pytest.mark.parametrize("border", ["network", "mirror"])
 @pytest.mark.parametrize("shape", [(5, 7), (4, 400), (1, 30), (101, 67)])
-def test_tiny_and_odd_slices_match_reference(shape):
+def test_tiny_and_odd_slices_match_reference(shape, border):
     model = random_model(depth=3)
     image = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
-    predictor = Predictor(model, description(model.config), device="cpu", tile_size=32)
+    predictor = Predictor(
+        model, description(model.config), device="cpu", tile_size=32, border=border
+    )
     probs = predictor.predict_slice(image)
     assert probs.shape == (2, *shape)
-    reference = whole_image_reference(model, image, predictor.halo)
-    assert np.abs(probs - reference).max() <= 0.01
+    expected = reference(model, image, predictor)
+    assert np.abs(probs - expected).max() <= 0.01
 
 
 def test_slice_with_wrong_channels_is_rejected():
@@ -267,7 +317,7 @@ def test_tta_averages_the_flipped_predictions(trained):
 def test_training_mode_is_kept(trained):
     """A trainer validating with a predictor gets its model back in training mode."""
     image = normalised_nuclei((32, 32), seed=7)
-    expected = whole_image_reference(trained, image, default_halo(trained.config))
+    expected = plain_reference(trained, image)
     trained.train()
     try:
         predictor = Predictor(trained, description(trained.config), device="cpu")

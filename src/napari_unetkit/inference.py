@@ -1,0 +1,232 @@
+"""Inference-ready copies of a network: eval mode, batch norm folded, channels-last.
+
+:class:`napari_unetkit.prediction.Predictor` never runs the model it was given directly: it
+runs an :func:`inference_copy` of it, a separate module that computes the same function
+faster:
+
+- **eval mode, no autograd**: the copy is in eval mode (dropout is the identity, batch norm uses
+  its running statistics) and its tensors do not require gradients;
+- **batch norm folded into the preceding convolution**: in eval mode ``BN(conv(x))`` is the
+  affine map ``gamma * (W x + b - mean) / sqrt(var + eps) + beta``, which is again a
+  convolution with weights ``W * s`` and bias ``beta + (b - mean) * s``, ``s = gamma /
+  sqrt(var + eps)`` (:func:`fold_batch_norm`, computed in float64). This saves one pass over
+  every feature map. Group normalisation (statistics of the input itself) is left alone;
+- **channels-last memory format** on CPU and CUDA: oneDNN (and cuDNN with mixed precision) run
+  3x3 convolutions on ``NHWC`` data without reordering every feature map to a blocked layout
+  and back.
+
+The original model is never modified (a trainer validates with a predictor built on the model
+it is training, then continues training it). The predictor keeps its copy only while
+:func:`state_fingerprint` of the model (random projections of every parameter and buffer, about
+5 ms for the default network's 2 million parameters) is unchanged, so it always predicts with
+the model's current weights, whatever changed them: an optimiser step (fused optimisers do not
+bump tensor version counters, so those cannot be trusted), ``load_state_dict``, batch-norm
+statistics updated by a training-mode forward pass. Copying and folding takes about 40 ms.
+
+Measured on a 2-core AMD EPYC (Zen 3, AVX2, no AVX-512), 2 threads, default network (depth 4,
+16 base channels, batch norm), float32, against the plain eager model (``model.eval()``, NCHW)
+on the same input: batch-norm folding alone 1.00-1.03x, channels-last alone 1.55-1.58x, both
+1.58-1.66x on a 704 x 704 tile and 2.3-2.4x on a 1216 x 1216 one (the plain model's larger
+NCHW maps cost ever more page faults and reorders). Its 3x3 convolutions then run at 90-175
+GFLOP/s, about the machine's float32 matrix-multiply peak; concatenation, ReLU and pooling take
+about 15 % of the time. Rejected after measuring: replacing the 2x2 transposed convolutions by
+a 1x1 convolution and a pixel shuffle (0.9x in NCHW, no gain in NHWC); oneDNN's fused
+convolution + ReLU operator called eagerly (``torch.ops.mkldnn._convolution_pointwise``, with
+or without pre-packed weights: at most 5 % faster per convolution, nothing over the network,
+and an internal operator); NNPACK's Winograd convolutions for the levels with 64 channels or
+more (faster alone at 128 channels, slower over the network because of layout changes);
+``torch.compile`` with freezing (about 1.15x faster than the eager channels-last copy, but
+12 s of compilation with a warm cache and 60 s cold for every new tile shape); keeping freed
+memory in the C heap with ``mallopt`` (about 1.1x, but process-wide). bfloat16 needs
+AVX512-BF16 or AMX to be fast on a CPU, which this machine lacks, so CPU inference stays
+float32. Setting ``THP_MEM_ALLOC_ENABLE=1`` in the environment before Python starts (PyTorch
+then backs large tensors with transparent huge pages) cut the kernel time spent on page faults
+about threefold for both the plain and the optimised model.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+from torch import nn
+
+#: Device types on which the copy uses the channels-last memory format.
+CHANNELS_LAST_DEVICES = ("cpu", "cuda")
+#: Seed of the projection vectors of :func:`state_fingerprint`.
+FINGERPRINT_SEED = 20150518
+
+_projections: dict[torch.device, torch.Tensor] = {}
+
+
+def _projection(length: int, device: torch.device) -> torch.Tensor:
+    """Return a fixed pseudo-random float64 vector of ``length`` values in [0.5, 1.5)."""
+    vector = _projections.get(device)
+    if vector is None or vector.numel() < length:
+        generator = torch.Generator().manual_seed(FINGERPRINT_SEED)
+        size = max(length, 1 << 20)
+        vector = (torch.rand(size, dtype=torch.float64, generator=generator) + 0.5).to(device)
+        _projections[device] = vector
+    return vector[:length]
+
+
+def state_fingerprint(model: nn.Module) -> tuple:
+    """Return a checksum of every parameter and buffer of ``model`` (names, shapes, values).
+
+    Each tensor contributes its name, dtype, shape and the dot product of its values (as
+    float64) with a fixed pseudo-random vector, so any change of the values is detected except
+    with negligible probability. Computed where the tensors are, and read back as Python floats.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model.
+
+    Returns
+    -------
+    tuple
+        Equal for equal states; compare with ``==``.
+    """
+    names, sums = [], []
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            names.append((name, str(tensor.dtype), tuple(tensor.shape), str(tensor.device)))
+            values = tensor.detach().reshape(-1).to(torch.float64)
+            sums.append(torch.dot(values, _projection(values.numel(), values.device)))
+    totals = torch.stack([value.cpu() for value in sums]).tolist() if sums else []
+    return tuple(names), tuple(totals)
+
+
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a convolution equal to ``norm(conv(x))`` with ``norm`` in eval mode.
+
+    Parameters
+    ----------
+    conv : torch.nn.Conv2d
+        The convolution (any kernel, stride, padding, groups; with or without bias).
+    norm : torch.nn.BatchNorm2d
+        The batch normalisation that follows it, with running statistics
+        (``track_running_stats=True``) over ``conv.out_channels`` channels.
+
+    Returns
+    -------
+    torch.nn.Conv2d
+        A new convolution with a bias; ``conv`` and ``norm`` are not modified.
+
+    Raises
+    ------
+    ValueError
+        If ``norm`` has no running statistics or a different channel count.
+    """
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("Batch norm without running statistics cannot be folded.")
+    if norm.num_features != conv.out_channels:
+        raise ValueError(
+            f"The batch norm has {norm.num_features} channels, the convolution {conv.out_channels}."
+        )
+    with torch.no_grad():
+        weight = conv.weight.detach().double()
+        mean = norm.running_mean.detach().double()
+        scale = torch.rsqrt(norm.running_var.detach().double() + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.detach().double()
+        shift = -mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.detach().double()
+        if conv.bias is not None:
+            shift = shift + conv.bias.detach().double() * scale
+        folded = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=True,
+            padding_mode=conv.padding_mode,
+            device="meta",  # no (slow, useless) random initialisation
+        )
+        shape = (-1,) + (1,) * (weight.ndim - 1)
+        dtype = conv.weight.dtype
+        folded.weight = nn.Parameter(
+            (weight * scale.reshape(shape)).to(dtype), requires_grad=conv.weight.requires_grad
+        )
+        folded.bias = nn.Parameter(shift.to(dtype), requires_grad=conv.weight.requires_grad)
+    return folded
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and type(norm) is nn.BatchNorm2d
+        and norm.track_running_stats
+        and norm.running_mean is not None
+        and norm.num_features == conv.out_channels
+    )
+
+
+def fold_all_batch_norms(module: nn.Module) -> int:
+    """Fold every ``Conv2d`` directly followed by a ``BatchNorm2d`` inside a ``Sequential``.
+
+    The pair is replaced in place by the folded convolution and an ``nn.Identity``; call this
+    on a copy. Batch norms anywhere else (or without running statistics) are left alone.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module to transform (modified in place).
+
+    Returns
+    -------
+    int
+        The number of batch norms folded.
+    """
+    count = 0
+    for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(sequential._modules)
+        for first, second in itertools.pairwise(names):
+            conv, norm = sequential._modules[first], sequential._modules[second]
+            if _foldable(conv, norm):
+                sequential._modules[first] = fold_batch_norm(conv, norm)
+                sequential._modules[second] = nn.Identity()
+                count += 1
+    return count
+
+
+def uses_channels_last(device: torch.device) -> bool:
+    """Whether :func:`inference_copy` uses the channels-last memory format on ``device``."""
+    return device.type in CHANNELS_LAST_DEVICES
+
+
+def inference_copy(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """Return an eval-mode copy of ``model`` that computes the same outputs faster.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (typically a :class:`napari_unetkit.model.UNet`); it is not modified (its
+        mode, parameters, buffers and gradients stay as they are).
+    device : torch.device, optional
+        Where the copy runs (default: where ``model``'s first parameter is).
+
+    Returns
+    -------
+    torch.nn.Module
+        A copy in eval mode with batch norms folded into their convolutions, no gradients
+        required, in the channels-last memory format on CPU and CUDA (feed it channels-last
+        input for best speed; any layout gives the same result).
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    with torch.no_grad():
+        net = copy.deepcopy(model)
+        net.eval()
+        net.requires_grad_(False)
+        fold_all_batch_norms(net)
+        net.to(device)
+        if uses_channels_last(device):
+            net.to(memory_format=torch.channels_last)
+    return net
