@@ -236,7 +236,7 @@ def test_classes_mode_targets_and_balanced_weights():
 
 
 def test_classes_mode_needs_two_classes_and_skips_unpainted_slices():
-    image = np.zeros((3, 16, 16), dtype=np.uint16)
+    image = np.random.default_rng(0).integers(0, 1000, (3, 16, 16), dtype=np.uint16)
     labels = np.zeros((3, 16, 16), dtype=np.int32)
     labels[0, :4] = 1
     with pytest.raises(ValueError, match="at least two painted classes"):

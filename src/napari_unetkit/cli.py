@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,12 +38,24 @@ class CommandError(Exception):
 
 
 def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output (unless ``overwrite``) and a missing folder, before any work."""
+    """Refuse an existing output (unless ``overwrite``), a missing or read-only folder, early.
+
+    Every output is checked before any work starts, so that a long run never ends in a file
+    that cannot be written.
+    """
+    from napari_unetkit.io import check_writable, os_error_text
+
     path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"{path} is a folder; give a file name to write.")
     if path.exists() and not overwrite:
         raise CommandError(f"{path} already exists; pass --overwrite to replace it.")
     if not path.parent.is_dir():
         raise CommandError(f"The folder {path.parent} does not exist; create it first.")
+    try:
+        check_writable(path)
+    except OSError as error:
+        raise CommandError(f"{os_error_text(error)} Choose another output folder.") from None
     return path
 
 
@@ -312,6 +325,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if channel_axis is None:
         in_channels = predictor.config.in_channels
         channel_axis = infer_channel_axis(image.shape, channels=in_channels)
+        if in_channels == 1 and image.ndim == 3 and image.shape[-1] in (3, 4):
+            kind = "RGB" if image.shape[-1] == 3 else "RGBA"
+            raise CommandError(
+                f"{args.image} looks like a colour ({kind}) image of shape {image.shape}, but "
+                "the model reads greyscale images (1 channel); convert the image to greyscale "
+                "or use a model trained on colour images."
+            )
     display = TextProgress()
 
     def show(done: float, total: int) -> None:
@@ -392,6 +412,13 @@ def cmd_weightmap(args: argparse.Namespace) -> int:
     settings = _weightmap_settings(args)
     labels = read_image(args.labels)
     weights, target = weights_and_target(labels, settings=settings)
+    if labels.size and not np.any(labels):
+        warnings.warn(
+            f"{args.labels} holds no cells (every label is 0), so the weight map has no cell "
+            "or border weights; check that you chose the labels file.",
+            UserWarning,
+            stacklevel=1,
+        )
     metadata = {"weightmap": settings.to_dict(), "source": str(args.labels)}
     write_tiff(out, weights, overwrite=args.overwrite, metadata=metadata)
     print(f"Weight map written to {out} (min {weights.min():.3g}, max {weights.max():.3g}).")
@@ -546,25 +573,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand, turning expected errors into one-line messages."""
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as one ``unetkit: warning:`` line (no source location or code)."""
+    print(f"unetkit: warning: {_one_line(str(message))}", file=sys.stderr)
+
+
+def error_message(error: BaseException) -> str:
+    """Return the one-line message the command prints for an error."""
+    from napari_unetkit.io import os_error_text
     from napari_unetkit.modelfile import ModelFileError
 
-    expected = (CommandError, ModelFileError, ValueError, OSError)
-    try:
-        return handler(args)
-    except Cancelled:
-        print("unetkit: cancelled.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("\nunetkit: interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except expected as error:
-        if args.debug:
-            raise
-        message = str(error) or type(error).__name__
-        print(f"unetkit: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+    if isinstance(error, OSError):
+        return _one_line(os_error_text(error) or type(error).__name__)
+    expected = (CommandError, ModelFileError, ValueError, FloatingPointError)
+    if isinstance(error, expected):
+        return _one_line(str(error) or type(error).__name__)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return (
+            "out of memory; use a smaller --tile-size (predict) or a smaller --patch-size or "
+            "--batch-size (train), or the CPU (--device cpu)."
+        )
+    detail = _one_line(str(error)) or "no details"
+    return (
+        f"unexpected {type(error).__name__}: {detail} (run again with --debug for the "
+        "traceback, and please report it)."
+    )
+
+
+def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand, turning errors into one-line messages (tracebacks with ``--debug``)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return handler(args)
+        except Cancelled:
+            print("unetkit: cancelled.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            print("\nunetkit: interrupted.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as error:
+            if args.debug:
+                raise
+            print(f"unetkit: error: {error_message(error)}", file=sys.stderr)
+            return EXIT_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -205,12 +205,12 @@ def _check_labels_dtype(dtype: np.dtype, mode: str, pair: int) -> None:
             else "labels must be class ids (0 = not annotated, 1..K = classes)"
         )
         raise ValueError(
-            f"Pair {pair}: the labels are a boolean mask, but {what}; paint the cells in a "
+            f"Pair {pair + 1}: the labels are a boolean mask, but {what}; paint the cells in a "
             "Labels layer or label the mask's connected components first."
         )
     if not np.issubdtype(dtype, np.integer):
         raise ValueError(
-            f"Pair {pair}: labels must be integers, got {dtype} values; convert them with "
+            f"Pair {pair + 1}: labels must be integers, got {dtype} values; convert them with "
             "labels.astype(int) if they are whole numbers."
         )
 
@@ -221,12 +221,12 @@ def _check_region(region: Any, labels_shape: tuple[int, ...], pair: int) -> np.n
     region = np.asarray(region)
     if region.dtype != bool:
         raise ValueError(
-            f"Pair {pair}: the annotated region must be a boolean mask, got {region.dtype} "
+            f"Pair {pair + 1}: the annotated region must be a boolean mask, got {region.dtype} "
             "values (use mask > 0)."
         )
     if region.shape != labels_shape:
         raise ValueError(
-            f"Pair {pair}: the annotated region has shape {region.shape}, but the labels have "
+            f"Pair {pair + 1}: the annotated region has shape {region.shape}, but the labels have "
             f"shape {labels_shape}."
         )
     return region
@@ -237,13 +237,46 @@ def _check_pair(image: Any, labels: Any, channel_axis: int | None, mode: str, pa
     expected = layout.labels_shape(tuple(image.shape), channel_axis)
     if tuple(labels.shape) != expected:
         raise ValueError(
-            f"Pair {pair}: the labels have shape {tuple(labels.shape)}, but the image of shape "
+            f"Pair {pair + 1}: the labels have shape {tuple(labels.shape)}, but the image of shape "
             f"{tuple(image.shape)} (channel axis {channel_axis}) needs labels of shape "
-            f"{expected}."
+            f"{expected}.{_shape_hint(tuple(image.shape), tuple(labels.shape), channel_axis)}"
         )
     check_image_dtype(image.dtype)
     _check_labels_dtype(labels.dtype, mode, pair)
     return layout.n_channels(tuple(image.shape), channel_axis)
+
+
+def _shape_hint(
+    image_shape: tuple[int, ...], labels_shape: tuple[int, ...], channel_axis: int | None
+) -> str:
+    """Return a hint for labels that do not fit the image (a forgotten channel axis, or not)."""
+    if channel_axis is None and len(image_shape) == len(labels_shape) + 1:
+        if image_shape[:-1] == labels_shape:
+            return " If the image's last axis holds colour channels, set the channel axis to -1."
+        if image_shape[1:] == labels_shape:
+            return " If the image's first axis holds channels, set the channel axis to 0."
+    return " Choose the labels drawn on this image (they must have its size)."
+
+
+def _check_contrast(slices: list[TrainingSlice], pair: int, partial: bool) -> None:
+    """Refuse a pair whose (normalised) annotated slices are all one constant value.
+
+    A network cannot learn anything from such an image; it is almost always a mistake (an
+    empty channel, a blank frame, a mask chosen as the image).
+    """
+    first = None
+    for item in slices:
+        values = item.image.reshape(item.image.shape[0], -1)
+        smallest, largest = values.min(axis=1), values.max(axis=1)
+        if np.any(smallest != largest) or (first is not None and np.any(first != smallest)):
+            return
+        first = smallest
+    where = " of its annotated slices" if partial else ""
+    raise ValueError(
+        f"Pair {pair + 1}: the image is constant (all pixels{where} have the same value), so there "
+        "is nothing to learn from; choose the microscopy image, not an empty channel or a "
+        "blank frame."
+    )
 
 
 def _read_labels(labels: Any, index: tuple[int, ...], pair: int) -> np.ndarray:
@@ -251,7 +284,7 @@ def _read_labels(labels: Any, index: tuple[int, ...], pair: int) -> np.ndarray:
     labels_yx = np.asarray(labels[index])
     if np.issubdtype(labels_yx.dtype, np.signedinteger) and labels_yx.size and labels_yx.min() < 0:
         raise ValueError(
-            f"Pair {pair}, slice {index}: labels must not be negative; use 0 for background "
+            f"Pair {pair + 1}, slice {index}: labels must not be negative; use 0 for background "
             "(or not annotated) and positive ids."
         )
     return labels_yx
@@ -410,6 +443,7 @@ def prepare_training_data(
     class_names: Sequence[str] | None = None,
     cancel: Event | None = None,
     progress: Callable[[int, int], None] | None = None,
+    require_contrast: bool = True,
 ) -> TrainingData:
     """Turn ``(image, labels)`` pairs into normalised 2D training slices.
 
@@ -436,6 +470,9 @@ def prepare_training_data(
         Checked between slices; raises :class:`~napari_unetkit.progress.Cancelled` when set.
     progress : callable, optional
         Called as ``progress(done, total)`` after each slice.
+    require_contrast : bool
+        Refuse a pair whose annotated slices are one constant value (nothing to learn from);
+        ``False`` accepts them (e.g. a blank validation image).
 
     Returns
     -------
@@ -446,8 +483,8 @@ def prepare_training_data(
     ------
     ValueError
         For mismatched shapes or channel counts, unusable dtypes (boolean, float or negative
-        labels, boolean or complex images), fewer than two classes in classes mode, or when
-        no slice carries any annotation.
+        labels, boolean or complex images), constant images (see ``require_contrast``),
+        fewer than two classes in classes mode, or when no slice carries any annotation.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -492,6 +529,9 @@ def prepare_training_data(
             done += 1
             if progress is not None:
                 progress(done, total)
+        if require_contrast and used:
+            n_slices = layout.n_slices(tuple(image.shape), channel_axis)
+            _check_contrast(slices[-used:], pair, partial=used < n_slices)
         infos.append(_pair_info(image, labels, channel_axis, region is not None, used))
     if not slices:
         raise ValueError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import tempfile
 import threading
@@ -71,6 +72,57 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def _temporary_file(path: Path, folder: Path) -> tuple[int, Path]:
+    """Create the hidden temporary file next to ``path``; explain a refusal in one sentence."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError:
+        raise PermissionError(
+            f"Cannot write {path.name}: the folder {folder} is not writable (permission denied)."
+        ) from None
+    except OSError as error:
+        raise OSError(
+            error.errno, f"Cannot write {path.name} in {folder}: {error.strerror or error}"
+        ) from None
+    return fd, Path(name)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Check, before any long work, that :func:`atomic_write` will be able to create ``path``.
+
+    A temporary file is created next to ``path`` and removed at once, which tests the real
+    permissions (also for read-only mounts and for the root user, where permission bits alone
+    do not tell). An existing file at ``path`` is not touched.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file that will be written.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist.
+    IsADirectoryError
+        If ``path`` is a folder.
+    PermissionError
+        If the folder is not writable.
+    OSError
+        If no file can be created there for another reason.
+    """
+    path = Path(path)
+    fd, temp = _temporary_file(path, _check_folder(path))
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        temp.unlink()
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None
@@ -105,13 +157,7 @@ def atomic_write(
     path = Path(path)
     folder = _check_folder(path)
     file_mode = _new_file_mode(path)
-    try:
-        fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except PermissionError:
-        raise PermissionError(
-            f"Cannot write {path.name}: the folder {folder} is not writable (permission denied)."
-        ) from None
-    temp = Path(temp_name)
+    fd, temp = _temporary_file(path, folder)
     if mode == "w" and encoding is None:
         encoding = "utf-8"
     file = None
@@ -146,6 +192,27 @@ def atomic_write(
         raise
 
 
+def os_error_text(error: OSError) -> str:
+    """Return an ``OSError`` as a sentence, without Python's ``[Errno N]`` prefix.
+
+    Parameters
+    ----------
+    error : OSError
+        The error.
+
+    Returns
+    -------
+    str
+        E.g. ``"Permission denied: /data/out.tif"``, or the message the error was raised with.
+    """
+    if not error.strerror:
+        return str(error)
+    text = error.strerror
+    if error.filename is not None:
+        text += f": {os.fsdecode(error.filename)}"
+    return text
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image from a TIFF (``.tif``, ``.tiff``) or NumPy (``.npy``) file.
 
@@ -175,13 +242,49 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         )
     if not path.is_file():
         raise FileNotFoundError(f"Cannot read {path}: the file does not exist.")
+    kind = "TIFF" if suffix in TIFF_SUFFIXES else "NumPy .npy"
     try:
         if suffix in TIFF_SUFFIXES:
-            return np.asarray(tifffile.imread(path))
+            with _tifffile_notes() as notes:
+                data = np.asarray(tifffile.imread(path))
+            if data.size == 0:  # tifffile reads a damaged file as an empty array
+                reason = notes[0] if notes else "it holds no image"
+                raise ValueError(reason)
+            return data
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, tifffile.TiffFileError) as error:
-        kind = "TIFF" if suffix in TIFF_SUFFIXES else "NumPy .npy"
-        raise ValueError(f"Cannot read {path}: it is not a valid {kind} file ({error}).") from None
+        detail = " ".join(str(error).split())
+        raise ValueError(f"Cannot read {path}: it is not a valid {kind} file ({detail}).") from None
+
+
+class _Notes(logging.Handler):
+    """Collects log messages (instead of printing them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+@contextlib.contextmanager
+def _tifffile_notes() -> Iterator[list[str]]:
+    """Collect tifffile's warnings while reading, so that a damaged file gives one sentence.
+
+    tifffile logs problems of damaged files (and reads them as empty arrays); printed by the
+    logging fallback they would break the command line's one-line errors.
+    """
+    logger = logging.getLogger("tifffile")
+    notes = _Notes()
+    propagate = logger.propagate
+    logger.addHandler(notes)
+    logger.propagate = False
+    try:
+        yield notes.messages
+    finally:
+        logger.removeHandler(notes)
+        logger.propagate = propagate
 
 
 def labels_dtype_for(array: np.ndarray) -> np.dtype:

@@ -40,7 +40,10 @@ def normalize_channel_axis(ndim: int, channel_axis: int | None) -> int | None:
     spatial_needed = 2 + (channel_axis is not None)
     if ndim < spatial_needed:
         what = "a channel axis and two spatial axes" if channel_axis is not None else "two axes"
-        raise ValueError(f"An image needs at least {what} (Y, X); this one has {ndim}.")
+        hint = ""
+        if channel_axis is not None and ndim == 2:
+            hint = " A single-channel (greyscale) image has no channel axis: leave it unset."
+        raise ValueError(f"An image needs at least {what} (Y, X); this one has {ndim}.{hint}")
     if channel_axis is None:
         return None
     if not -ndim <= channel_axis < ndim:

@@ -720,6 +720,7 @@ def _split(
             weightmap=config.weightmap_settings(),
             normalization=normalization,
             cancel=cancel,
+            require_contrast=False,  # a blank image is a fair (all background) validation case
         )
     if val_data.in_channels != data.in_channels or val_data.n_classes > data.n_classes:
         raise ValueError(

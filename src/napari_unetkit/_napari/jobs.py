@@ -19,6 +19,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
+from napari_unetkit.io import os_error_text
 from napari_unetkit.progress import Cancelled
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ Job = Callable[[Callable[[Any], None], threading.Event], Any]
 
 _FINISHED = object()
 
-#: Exceptions whose message is written for the user (bad input, missing files, ...).
-USER_ERRORS = (ValueError, OSError)
+#: Exceptions whose message is written for the user (bad input, missing files, divergence).
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def iterate_job(job: Job, cancel: threading.Event) -> Generator[Any, None, Any]:
@@ -73,8 +74,15 @@ def error_message(error: BaseException, action: str) -> str:
     action : str
         What was being done, e.g. ``"Training"``.
     """
+    if isinstance(error, OSError):
+        return f"{action} failed: {os_error_text(error)}"
     if isinstance(error, USER_ERRORS):
         return f"{action} failed: {error}"
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return (
+            f"{action} failed: out of memory. Choose a smaller patch or batch size (training) "
+            "or tile size (prediction), or the CPU as the device."
+        )
     return f"{action} failed unexpectedly ({type(error).__name__}: {error}). See the log."
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels, Layer, Shapes
 
+from napari_unetkit.normalization import check_image_dtype
+
 #: Key under which our result layers carry their provenance in ``layer.metadata``.
 METADATA_KEY = "napari_unetkit"
 
@@ -18,6 +20,20 @@ def image_data(layer: Image):
     """
     data = layer.data[0] if layer.multiscale else layer.data
     return data, (-1 if layer.rgb else None)
+
+
+def image_dtype_problem(layer: Image) -> str | None:
+    """Say why an Image layer's pixel type cannot feed a U-Net (``None`` when it can).
+
+    Only the dtype is looked at (no pixel is read), so this is cheap enough to run on every
+    change of the widgets' inputs.
+    """
+    data, _ = image_data(layer)
+    try:
+        check_image_dtype(data.dtype)
+    except ValueError as error:
+        return f"{layer.name!r}: {error}"
+    return None
 
 
 def labels_data(layer: Labels):
