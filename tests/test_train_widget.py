@@ -1,4 +1,6 @@
+import gc
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -237,8 +239,9 @@ def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot, nuclei, tm
     make_tiny(widget, tmp_path / "closed.unet", epochs=500)
     worker = start(widget)
     qtbot.waitUntil(lambda: widget._progress.value > 0, timeout=TRAINING_TIMEOUT_MS)
-    viewer.close()
-    wait(qtbot, worker, timeout=30_000)
+    # Listen before closing: closing may already deliver the worker's last signals.
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        viewer.close()
     assert widget.runner.worker is None
     model = tmp_path / "closed.unet"
 
@@ -255,9 +258,29 @@ def test_closing_the_panel_stops_training(make_napari_viewer, qtbot, nuclei, tmp
     make_tiny(widget, tmp_path / "panel.unet", epochs=500)
     worker = start(widget)
     qtbot.waitUntil(lambda: widget._progress.value > 0, timeout=TRAINING_TIMEOUT_MS)
-    viewer.window.remove_dock_widget(widget.native)  # what the panel's close button does
-    wait(qtbot, worker, timeout=30_000)
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        viewer.window.remove_dock_widget(widget.native)  # what the panel's close button does
     assert read_description(tmp_path / "panel.unet")["stopped_by"] == "cancel"
+
+
+def test_closed_panels_are_collected_without_crashing_napari(make_napari_viewer, qtbot, nuclei):
+    # Python collects a closed panel later, clearing its attributes before Qt deletes it; a
+    # slot that then touched the half-cleared widget aborted the whole process (it took two
+    # open-close rounds to show).
+    viewer = make_napari_viewer()
+    add_sample(viewer, nuclei)
+    for _ in range(2):
+        widget = dock(viewer)
+        qtbot.wait(300)
+        viewer.window.remove_dock_widget(widget.native)  # the panel's close button
+        collected = weakref.ref(widget)
+        del widget
+        qtbot.wait(200)
+        gc.collect()
+        qtbot.wait(300)
+        assert collected() is None
+    viewer.dims.set_current_step(0, 3)  # the viewer no longer calls the closed panels
+    viewer.add_image(nuclei[0], name="after")
 
 
 def test_stack_is_trained_slice_wise_and_previewed_where_you_look(

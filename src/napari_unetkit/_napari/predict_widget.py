@@ -33,10 +33,17 @@ from magicgui.widgets import (
 from napari.layers import Image, Layer
 from napari.qt.threading import GeneratorWorker
 from numpy.typing import ArrayLike
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_unetkit import layout
 from napari_unetkit._napari.jobs import Job, JobRunner, error_message
-from napari_unetkit._napari.layers import METADATA_KEY, image_data, placement, unique_name
+from napari_unetkit._napari.layers import (
+    METADATA_KEY,
+    image_data,
+    image_dtype_problem,
+    placement,
+    unique_name,
+)
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
@@ -391,6 +398,7 @@ class PredictWidget(Container):
         self._context: RunContext | None = None
         self._cancelled = False
         self._outcome: str | None = None
+        self._alive = True  # False once Qt has deleted the widget (panel or viewer closed)
         self._build_fields()
         remember(
             "predict",
@@ -424,6 +432,8 @@ class PredictWidget(Container):
         self._about = TextEdit(label="About the model", value="")
         self._about.read_only = True
         self._about.native.setMaximumHeight(130)
+        # Not "expanding" (a text box's default): the row would take the dock's spare height.
+        self._about.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
         self._image = create_widget(annotation=Image, label="Image")
         self._image.tooltip = "2D, RGB, or a stack (3D/4D) predicted slice by slice."
         self._output = ComboBox(
@@ -458,10 +468,15 @@ class PredictWidget(Container):
             value=False,
             tooltip="Average the predictions of the image and its flips: smoother, slower.",
         )
+        # "0 = auto" is in the label: magicgui's spin box cannot show a text instead of 0.
         self._tile_size = SpinBox(
-            label="Tile size (px)", value=0, min=0, max=8192, step=16, tooltip=TILE_TOOLTIP
+            label="Tile size (px, 0 = auto)",
+            value=0,
+            min=0,
+            max=8192,
+            step=16,
+            tooltip=TILE_TOOLTIP,
         )
-        self._tile_size.native.setSpecialValueText("auto")  # shown for 0
         self._device = ComboBox(
             label="Device",
             choices=device_choices(),
@@ -475,6 +490,8 @@ class PredictWidget(Container):
         )
         self._message = Label(value="")
         self._message.native.setWordWrap(True)
+        wide = QSizePolicy.Policy.Expanding  # not as narrow as the text: long messages wrap less
+        self._message.native.setSizePolicy(wide, QSizePolicy.Policy.Preferred)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._run = PushButton(text=RUN_TEXT)
         self.extend(
@@ -509,6 +526,11 @@ class PredictWidget(Container):
         self.native.destroyed.connect(self._disconnect)
 
     def _disconnect(self, *_: object) -> None:
+        # The widget is gone (its panel or the viewer was closed): stop the jobs, whose
+        # callbacks then touch no widget and add no layer.
+        self._alive = False
+        self._runner.cancel()
+        self._loader.cancel()
         with contextlib.suppress(ValueError, RuntimeError):
             SESSION.changed.disconnect(self._on_session_model)
         for emitter in (self._viewer.dims.events.point, self._viewer.dims.events.ndisplay):
@@ -533,6 +555,8 @@ class PredictWidget(Container):
 
     def _load_file(self, *_: object) -> None:
         """Load the chosen model file unless it is loaded already, then validate."""
+        if not self._alive:
+            return
         path = self._file.value
         problem = file_problem(path)
         key = None if problem else file_key(path)
@@ -591,7 +615,7 @@ class PredictWidget(Container):
         layer = self._image.value
         if layer is None:
             return "Choose an image layer (open an image, or File > Open Sample > U-Net Kit)."
-        problem = channel_problem(layer, self.model.in_channels)
+        problem = image_dtype_problem(layer) or channel_problem(layer, self.model.in_channels)
         if problem is not None:
             return problem
         if self._current_slice.value and self._is_stack(layer):
@@ -645,6 +669,8 @@ class PredictWidget(Container):
 
     def reset_choices(self, *_: object) -> None:
         """Refresh the layer list (napari calls this when layers change)."""
+        if not self._alive:
+            return
         super().reset_choices()
         self._validate()
 
@@ -700,7 +726,7 @@ class PredictWidget(Container):
     def _on_event(self, event: tuple) -> tuple[int, int] | None:
         """Show progress in tiles; return ``(done, total)`` for the activity dock."""
         context = self._context
-        if context is None:
+        if context is None or not self._alive:
             return None
         if event[0] == "start":
             _, context.device, context.tiles_per_slice = event
@@ -721,7 +747,7 @@ class PredictWidget(Container):
 
     def _on_result(self, result: PredictionResult) -> None:
         context = self._context
-        if context is None or result is None:
+        if context is None or result is None or not self._alive:
             return
         add_prediction_layers(self._viewer, result, context)
         self._outcome = summary(result, context)
@@ -732,6 +758,8 @@ class PredictWidget(Container):
     def _finished(self) -> None:
         outcome = "Cancelled: no layer was added." if self._cancelled else self._outcome
         self._context, self._outcome = None, None
+        if not self._alive:
+            return
         self._run.text = RUN_TEXT
         self._progress.visible = False
         if self._validate() and outcome:

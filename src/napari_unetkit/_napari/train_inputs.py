@@ -15,7 +15,13 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton
 from napari.layers import Image, Labels, Layer, Shapes
 
 from napari_unetkit import layout
-from napari_unetkit._napari.layers import image_data, labels_data, region_mask, snapshot
+from napari_unetkit._napari.layers import (
+    image_data,
+    image_dtype_problem,
+    labels_data,
+    region_mask,
+    snapshot,
+)
 from napari_unetkit.data import MAX_CLASSES
 
 #: Labels layers larger than this (or not in memory) are not scanned while the user edits.
@@ -209,6 +215,9 @@ def _content_problem(labels: Labels, has_region: bool, mode: str) -> str | None:
         return None
     if not np.any(data) and (mode == "classes" or not has_region):
         return f"{labels.name!r} is empty: paint some {_what(mode)} first."
+    if np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0:
+        zero = "background" if mode == "instances" else "not annotated"
+        return f"{labels.name!r} holds negative values; use 0 ({zero}) and positive numbers."
     return None
 
 
@@ -239,7 +248,7 @@ def pair_problem(
         return prefix + "choose an Image layer (or open File > Open Sample > U-Net Kit)."
     if not isinstance(labels, Labels):
         return prefix + f"choose a Labels layer (add one and paint some {_what(mode)})."
-    problem = _shape_problem(image, labels)
+    problem = image_dtype_problem(image) or _shape_problem(image, labels)
     if problem is None and region is not None:
         problem = _region_problem(region, labels)
     if problem is None:

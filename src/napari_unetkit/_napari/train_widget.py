@@ -24,11 +24,11 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 from napari.utils.theme import get_theme
-from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QWidget
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QWidget
 
 from napari_unetkit import layout
-from napari_unetkit._napari.jobs import JobRunner
+from napari_unetkit._napari.jobs import JobRunner, error_message
 from napari_unetkit._napari.layers import (
     METADATA_KEY,
     image_data,
@@ -166,6 +166,9 @@ def _wrapping_label(lines: int | None = None) -> Label:
     """
     label = Label(value="")
     label.native.setWordWrap(True)
+    # The whole width of the dock (magicgui's labels are as wide as their text, so long
+    # messages would wrap into a narrow column).
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
     if lines is not None:
         spacing = label.native.fontMetrics().lineSpacing()
         label.native.setFixedHeight(lines * spacing + 4)
@@ -189,6 +192,35 @@ class _UndockWatch(QObject):
         if event.type() == QEvent.Type.ParentChange and watched.parent() is None:
             self._callback()
         return False
+
+
+class _VerticalScrollArea(QScrollArea):
+    """A scroll area that scrolls vertically only and is always as wide as its content."""
+
+    def __init__(self, content: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+        content.installEventFilter(self)
+
+    def minimumSizeHint(self) -> QSize:
+        """Return the content's minimum width (plus the scroll bar) and a small height."""
+        width = self.widget().minimumSizeHint().width()
+        width += self.verticalScrollBar().sizeHint().width()
+        return QSize(width, super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:
+        """Return at least the minimum width (QScrollArea's own hint may be narrower)."""
+        hint = super().sizeHint()
+        return QSize(max(hint.width(), self.minimumSizeHint().width()), hint.height())
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Follow the content's size: once styled or changed, it may need more width."""
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
 
 
 class TrainWidget(Container):
@@ -250,11 +282,17 @@ class TrainWidget(Container):
         preview_row = Container(
             layout="horizontal",
             labels=False,
-            widgets=[self._preview, self._preview_every, Label(value="epochs")],
+            widgets=[
+                self._preview,
+                Label(value="every"),
+                self._preview_every,
+                Label(value="epochs"),
+            ],
         )
         preview_row.margins = (0, 0, 0, 0)
-        self.extend(
-            [
+        body = Container(
+            labels=False,
+            widgets=[
                 Container(labels=True, widgets=[self._mode]),
                 self._pairs,
                 self._settings,
@@ -265,8 +303,22 @@ class TrainWidget(Container):
                 self._status,
                 self._plot,
                 self._summary,
-            ]
+            ],
         )
+        self.append(body)  # a magicgui child, so that napari's reset_choices reaches the pairs
+        self._scroll_area(body)
+
+    def _scroll_area(self, body: Container) -> None:
+        """Show ``body`` in a vertical scroll area, so that the dock fits smaller screens.
+
+        The widget is taller than many laptop screens; without a scroll area napari would make
+        its window taller than the screen and hide the plot. (magicgui's ``scrollable=True``
+        does not help: napari docks the container's inner widget, without the scroll area.)
+        """
+        body.native.layout().addStretch()  # in a tall dock, the fields stay together at the top
+        self.margins = (0, 0, 0, 0)
+        self.scroll_area = _VerticalScrollArea(body.native)
+        self.native.layout().addWidget(self.scroll_area)
 
     def _connect(self) -> None:
         self._mode.changed.connect(self._mode_changed)
@@ -276,17 +328,20 @@ class TrainWidget(Container):
         for field in (self._preview, self._preview_every):
             field.changed.connect(self._update_request)
         self._viewer.dims.events.current_step.connect(self._follow_slice)
-        runner = self._runner
-
-        def closed(*_: object) -> None:
-            # The dock (or the whole viewer) is gone: stop training, touch no widget again.
-            self._alive = False
-            runner.cancel()
-            self._viewer.dims.events.current_step.disconnect(self._follow_slice)
-            self._pairs.stop_watching()
-
-        self.native.destroyed.connect(closed)
+        self.native.destroyed.connect(self._closed)
         self._undock_watch = _UndockWatch(self.native, self._stop_if_running)
+
+    def _closed(self, *_: object) -> None:
+        """Stop training and touch no widget again: the dock (or the whole viewer) is gone.
+
+        A method, not a closure: PyQt holds a connected method's widget weakly, so a closed
+        panel that Python collects later is not called half torn down (with its attributes
+        already cleared, an exception here aborted napari).
+        """
+        self._alive = False
+        self._runner.cancel()
+        self._viewer.dims.events.current_step.disconnect(self._follow_slice)
+        self._pairs.stop_watching()
 
     def _stop_if_running(self) -> None:
         if self._alive and self._runner.running:
@@ -514,7 +569,7 @@ class TrainWidget(Container):
     def _on_error(self, error: BaseException) -> None:
         self._outcome = "error"
         if self._alive:
-            self._status.value = f"Training failed: {error}"
+            self._status.value = error_message(error, "Training")
 
     def _on_finished(self) -> None:
         self._request = None

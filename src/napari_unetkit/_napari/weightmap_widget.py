@@ -16,7 +16,7 @@ from magicgui.widgets import (
 from napari.layers import Labels
 from napari.utils.notifications import show_error
 
-from napari_unetkit._napari.jobs import JobRunner
+from napari_unetkit._napari.jobs import JobRunner, error_message
 from napari_unetkit._napari.layers import (
     METADATA_KEY,
     labels_data,
@@ -26,6 +26,7 @@ from napari_unetkit._napari.layers import (
     unique_name,
 )
 from napari_unetkit._napari.settings import remember
+from napari_unetkit._napari.train_inputs import MAX_SCANNED_PIXELS
 from napari_unetkit.weightmap import PRESETS, WeightMapSettings, weights_and_target
 
 CLASS_BALANCE_CHOICES = ("balanced", "none", "falk")
@@ -61,6 +62,8 @@ class WeightMapWidget(Container):
         super().__init__(labels=False)
         self._viewer = viewer
         self._runner = JobRunner("Weight map")
+        self._alive = True  # False once Qt has deleted the widget (panel or viewer closed)
+        self._error = ""
         self._labels = create_widget(annotation=Labels, label="Labels")
         self._labels.tooltip = "Instance labels: each cell painted with its own id, 0 = background."
         self._preset = ComboBox(
@@ -131,6 +134,7 @@ class WeightMapWidget(Container):
             field.changed.connect(self._mark_custom)
         self._labels.changed.connect(self._validate)
         self._run.changed.connect(self._run_or_cancel)
+        self.native.destroyed.connect(self._closed)
         remember(
             "weightmap",
             {
@@ -144,6 +148,11 @@ class WeightMapWidget(Container):
             },
         )
         self._validate()
+
+    def _closed(self, *_: object) -> None:
+        """Stop the job once the widget is gone (panel or viewer closed); touch no widget."""
+        self._alive = False
+        self._runner.cancel()
 
     # -- settings -----------------------------------------------------------------------------
     def _apply_preset(self, name: str) -> None:
@@ -187,19 +196,35 @@ class WeightMapWidget(Container):
         layer = self._labels.value
         if layer is None:
             return "Choose a Labels layer (paint cells, or open File > Open Sample)."
-        if layer.data.ndim < 2:
+        data = labels_data(layer)
+        if data.ndim < 2:
             return f"{layer.name!r} must be 2D or a stack of 2D slices."
+        if _in_memory(data) and np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0:
+            return (
+                f"{layer.name!r} holds negative values; use 0 for background and positive "
+                "ids for cells."
+            )
         return None
+
+    def _notice(self) -> str:
+        """Return a remark that does not stop the computation (an empty labels layer)."""
+        layer = self._labels.value
+        data = None if layer is None else labels_data(layer)
+        if data is not None and _in_memory(data) and not np.any(data):
+            return f"{layer.name!r} is empty: paint some cells first."
+        return ""
 
     def _validate(self, *_: object) -> bool:
         problem = self._problem()
         if not self._runner.running:
             self._run.enabled = problem is None
-        self._message.value = problem or ""
+        self._message.value = problem or self._notice()
         return problem is None
 
     def reset_choices(self, *_: object) -> None:
         """Refresh the layer list (napari calls this when layers change)."""
+        if not self._alive:
+            return
         super().reset_choices()
         self._validate()
 
@@ -216,24 +241,30 @@ class WeightMapWidget(Container):
             return None
         layer = self._labels.value
         labels = snapshot(labels_data(layer))
-        if not labels.any():
-            self._message.value = f"{layer.name!r} is empty: paint some cells first."
         job = compute_weight_map_job(labels, self.settings)
         self._run.text = "Cancel"
+        self._error = ""
         return self._runner.start(
             job,
             total=int(np.prod(labels.shape[:-2], dtype=np.int64)),
             on_event=lambda position: position,
             on_result=lambda result: self._show(layer, result),
+            on_error=self._on_error,
             on_finished=self._finished,
         )
 
+    def _on_error(self, error: BaseException) -> None:
+        self._error = error_message(error, "Weight map")
+
     def _finished(self) -> None:
+        if not self._alive:
+            return
         self._run.text = "Compute weight map"
-        self._validate()
+        if self._validate() and self._error:
+            self._message.value = self._error
 
     def _show(self, source: Labels, result) -> None:
-        if result is not None:  # None: cancelled
+        if result is not None and self._alive:  # None: cancelled
             show_weight_map(self._viewer, source, *result, self.settings, self._show_target.value)
 
 
@@ -274,6 +305,11 @@ def show_weight_map(
             metadata={METADATA_KEY: "separated"},
             **placement(source),
         )
+
+
+def _in_memory(data: object) -> bool:
+    """Whether a labels array is a NumPy array small enough to scan on every check."""
+    return isinstance(data, np.ndarray) and data.size <= MAX_SCANNED_PIXELS
 
 
 #: Runners of menu-started jobs, kept alive until their job ends.
