@@ -20,7 +20,7 @@ def test_manifest_is_found_with_its_contributions():
     found = manifest()
     assert found.display_name == "U-Net Kit"
     widget_names = {widget.display_name for widget in found.contributions.widgets}
-    assert "Boundary weight map" in widget_names
+    assert widget_names == {"Train U-Net", "Predict with U-Net", "Boundary weight map"}
     assert found.contributions.sample_data
     assert "Segmentation" in found.categories
 
