@@ -9,6 +9,7 @@ import tifffile
 from napari_unetkit.cli import infer_channel_axis, main
 from napari_unetkit.metrics import evaluate
 from napari_unetkit.modelfile import load_model
+from napari_unetkit.prediction import Predictor
 from napari_unetkit.synthetic import synthetic_nuclei
 from napari_unetkit.weightmap import weights_and_target
 
@@ -78,6 +79,11 @@ def test_train_then_predict(nuclei, capsys):
     assert probabilities.shape == image.shape
     assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
     assert "Model saved" in capsys.readouterr().out
+    mirrored = folder / "pred_mirror.tif"
+    assert main([*predict, str(folder / "image.tif"), "--out", str(mirrored), "--border",
+                 "mirror", "--device", "cpu"]) == 0  # fmt: skip
+    engine = Predictor.from_file(folder / "cells.unet", device="cpu", border="mirror")
+    np.testing.assert_array_equal(tifffile.imread(mirrored), engine.predict(image).labels)
 
 
 def test_bad_model_file_is_one_line_without_traceback(nuclei, capsys):

@@ -318,7 +318,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = check_output(args.out, args.overwrite)
     prob_out = check_output(args.probabilities, args.overwrite) if args.probabilities else None
     predictor = Predictor.from_file(
-        args.model, device=args.device, tile_size=args.tile_size, tta=args.tta
+        args.model, device=args.device, tile_size=args.tile_size, tta=args.tta, border=args.border
     )
     image = read_image(args.image)
     channel_axis = args.channel_axis
@@ -550,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--link-3d", action="store_true", help="Link instances across slices.")
     predict.add_argument("--tile-size", type=int, help="Tile size in pixels (default: auto).")
     predict.add_argument("--tta", action="store_true", help="Average over flips (slower).")
+    predict.add_argument(
+        "--border",
+        choices=("network", "mirror"),
+        default="network",
+        help="Beyond the image border: the network's zero padding, as in training and as one "
+        "whole-image call (default), or the image mirrored (the paper's overlap-tile).",
+    )
     predict.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     predict.set_defaults(handler=cmd_predict)
