@@ -10,7 +10,6 @@ import pathlib
 import numpy as np
 import pytest
 import tifffile
-import torch
 from bad_cases import (
     BAD_MODEL_FILES,
     IMAGE_DTYPES,
@@ -32,14 +31,7 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One CPU thread (the command keeps a thread count set in OMP_NUM_THREADS)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,7 @@ from napari_unetkit.modelfile import load_model, read_description
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.training import TrainConfig, TrainProgress, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> TrainConfig:
