@@ -127,7 +127,12 @@ SECTIONS = (
         ("benchmarks/long_run_memory.py", "--quick"),
         "Resident memory sampled during a long training run on small patches and while "
         "predicting a 500-slice stack: no growth from histories, graphs or tensors. (`--quick` "
-        "here; run it without `--quick` for 10,000 steps.)",
+        "here.) The full run, `python benchmarks/long_run_memory.py` (10,000 steps of 4 "
+        "patches of 64 px, validating and saving every 100 steps; 500 slices of 128 x 128 px; "
+        "1 thread), measured on 2026-11-25 on this machine: training took 527 s (53 ms/step) "
+        "and its RSS changed by -0.06 MiB per 1,000 steps from step 2,500 to 10,000 (peak "
+        "767.8 MiB); prediction grew by 63.9 KiB per slice, the 64.0 KiB of labels being "
+        "filled in, so -0.1 KiB per slice beyond its output.",
     ),
 )
 
@@ -279,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=[s.key for s in SECTIONS])
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the page from stored results"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for section in SECTIONS:
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     records = {}
     for section in SECTIONS:
-        if args.only is None or section.key in args.only:
+        if not args.render_only and (args.only is None or section.key in args.only):
             records[section.key] = run_section(section)
         elif (stored := _stored(section)) is not None:
             records[section.key] = stored
