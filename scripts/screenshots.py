@@ -79,6 +79,16 @@ def wait_until(condition, timeout: float, what: str) -> None:
         wait(100)
 
 
+def run_prediction(viewer, widget, result: str) -> None:
+    """Press the Predict panel's Run button and wait for the ``result`` layer."""
+    wait(200)
+    assert widget._run.enabled, widget._message.value
+    widget._run.native.click()
+    wait_until(lambda: not widget._runner.running, TIMEOUT, result)
+    print(widget._message.value)
+    assert result in viewer.layers, widget._message.value
+
+
 def close_notifications(viewer) -> None:
     """Close napari's pop-up notifications, which would cover part of the canvas."""
     try:
@@ -225,12 +235,7 @@ def predict(viewer, out: Path) -> None:
     widget = dock(viewer, "Predict with U-Net")
     assert widget._source.value == "session", widget._source.value
     widget._image.value = viewer.layers["nuclei"]
-    wait(200)
-    assert widget._run.enabled, widget._message.value
-    widget._run.native.click()
-    wait_until(lambda: not widget._runner.running, TIMEOUT, "the prediction")
-    print(widget._message.value)
-    assert "nuclei prediction" in viewer.layers, widget._message.value
+    run_prediction(viewer, widget, "nuclei prediction")
     show_only(viewer, "nuclei", "nuclei prediction")
     viewer.layers.selection.active = viewer.layers["nuclei prediction"]
     save(viewer, out / "napari-predict.png")
@@ -291,12 +296,7 @@ def stack(viewer, out: Path) -> None:
     widget = dock(viewer, "Predict with U-Net")
     widget._image.value = viewer.layers["nuclei stack"]
     widget._link_3d.value = True
-    wait(200)
-    assert widget._run.enabled, widget._message.value
-    widget._run.native.click()
-    wait_until(lambda: not widget._runner.running, TIMEOUT, "the stack prediction")
-    print(widget._message.value)
-    assert "nuclei stack prediction" in viewer.layers, widget._message.value
+    run_prediction(viewer, widget, "nuclei stack prediction")
     show_only(viewer, "nuclei stack", "nuclei stack prediction")
     viewer.layers.selection.active = viewer.layers["nuclei stack prediction"]
     viewer.dims.set_current_step(0, 8)
