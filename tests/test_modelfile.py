@@ -3,6 +3,8 @@ import json
 import os
 import pathlib
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -54,6 +56,26 @@ def test_round_trip_gives_same_outputs(saved):
     assert description["architecture"] == CONFIG.to_dict()
     assert description["package_version"] == __version__
     assert "T" in description["created"]
+
+
+def test_loading_and_predicting_stay_light(saved):
+    """Checking a file builds the network on the meta device, which must not pull in the
+    compiler stack (sympy and some 900 modules, 150 MiB): a fresh process loads the model and
+    predicts with only what the package itself imports."""
+    path, _ = saved
+    code = (
+        "import sys, numpy as np\n"
+        "from napari_unetkit.modelfile import load_model\n"
+        "from napari_unetkit.prediction import Predictor\n"
+        f"model, description = load_model({str(path)!r})\n"
+        "Predictor(model, description).predict(np.zeros((32, 32), np.float32))\n"
+        "heavy = sorted(m for m in ('sympy', 'torch._dynamo', 'torch._inductor') "
+        "if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_save_is_atomic_and_names_the_file(tmp_path):

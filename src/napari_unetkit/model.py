@@ -287,8 +287,15 @@ class UNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He (Kaiming normal, fan-in) initialisation of every convolution; norms to identity."""
+        """He (Kaiming normal, fan-in) initialisation of every convolution; norms to identity.
+
+        Tensors on the ``meta`` device (a network built only for its shapes) are left alone:
+        random initialisation has no meta kernel in C++, and its Python fallback imports
+        about 900 modules (sympy, the compiler stack) and 150 MiB of memory.
+        """
         for module in self.modules():
+            if any(p.is_meta for p in module.parameters(recurse=False)):
+                continue
             if isinstance(module, nn.ConvTranspose2d):
                 # Each output pixel of a 2x2 stride-2 transposed convolution receives exactly one
                 # tap per input channel, so its fan-in is the number of input channels.
