@@ -11,6 +11,7 @@ from napari_unetkit.inference import (
     fold_all_batch_norms,
     fold_batch_norm,
     inference_copy,
+    split_input_channels,
     state_fingerprint,
 )
 from napari_unetkit.model import UNet, UNetConfig
@@ -119,6 +120,27 @@ def test_fold_refuses_norms_without_statistics():
     assert isinstance(sequential[1], nn.BatchNorm2d)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("kernel", "first"), [(3, 5), (1, 1), (3, 11)])
+def test_split_convolution_equals_convolution_of_the_concatenation(bias, kernel, first):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(12, 7, kernel, padding=kernel // 2, bias=bias)
+    a, b = torch.randn(2, first, 9, 10), torch.randn(2, 12 - first, 9, 10)
+    head, tail = split_input_channels(conv, first)
+    with torch.no_grad():
+        expected = conv(torch.cat([a, b], dim=1))
+        np.testing.assert_allclose((head(a) + tail(b)).numpy(), expected.numpy(), atol=1e-5)
+        head.weight.add_(1.0)  # no storage shared with the original
+    assert not torch.equal(head.weight, conv.weight[:, :first])
+    assert tail.bias is None and (head.bias is not None) == bias
+
+
+@pytest.mark.parametrize("first", [0, 12, -1])
+def test_split_convolution_needs_two_parts(first):
+    with pytest.raises(ValueError, match="Cannot split"):
+        split_input_channels(nn.Conv2d(12, 7, 3), first)
+
+
 CONFIGS = [
     {"depth": 2, "base_channels": 4},
     {"depth": 3, "base_channels": 6, "upsampling": "bilinear"},
@@ -148,8 +170,13 @@ def test_inference_copy_matches_the_plain_model(options):
         assert norms == []  # all folded
     elif config.norm == "group":
         assert len(norms) == 2 * (2 * config.depth + 1)  # left alone
-    assert fast.decoders[0][0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert not fast.decoders[0][0].weight.is_contiguous()
+    assert fast.encoders[0][3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.encoders[0][3].weight.is_contiguous()
+    assert not any(isinstance(m, nn.Dropout) for m in fast.modules())
+    # No decoder reads a concatenation: its first convolution is split in two.
+    for level, (skip_conv, up_conv) in enumerate(zip(fast.skip_convs, fast.up_convs, strict=True)):
+        assert skip_conv.in_channels == up_conv.in_channels == config.channels(level)
+        assert (skip_conv.bias is not None) == (config.norm != "group") and up_conv.bias is None
 
 
 def test_inference_copy_leaves_the_model_alone():

