@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
-from skimage.segmentation import expand_labels, relabel_sequential
+from skimage.segmentation import relabel_sequential
 
 from napari_unetkit.metrics import match_sparse, overlaps
 
@@ -114,26 +114,59 @@ def gap_pixels(labels: np.ndarray, grow: int) -> np.ndarray:
     return (labels == 0) & (largest > 0) & (smallest < largest)
 
 
-def _keep_connected(labels: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Add the pixels of ``candidate`` (> 0) to ``labels`` where they connect to the same id.
+def _shifted(labels: np.ndarray, ys: np.ndarray, xs: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``labels[ys + dy, xs + dx]``, with 0 where that falls outside the image."""
+    yy, xx = ys + dy, xs + dx
+    inside = (yy >= 0) & (yy < labels.shape[0]) & (xx >= 0) & (xx < labels.shape[1])
+    values = np.zeros(len(ys), dtype=labels.dtype)
+    values[inside] = labels[yy[inside], xx[inside]]
+    return values
+
+
+def _disk_offsets(radius: int) -> list[tuple[int, int]]:
+    """Offsets ``(dy, dx) != (0, 0)`` with ``dy**2 + dx**2 <= radius**2``, nearest first."""
+    span = range(-radius, radius + 1)
+    near = sorted(
+        (dy * dy + dx * dx, dy, dx)
+        for dy in span
+        for dx in span
+        if 0 < dy * dy + dx * dx <= radius**2
+    )
+    return [(dy, dx) for _, dy, dx in near]
+
+
+def _nearest_ids(labels: np.ndarray, ys: np.ndarray, xs: np.ndarray, grow: int) -> np.ndarray:
+    """Id of the nearest instance pixel within ``grow`` px (Euclidean) of each ``(ys, xs)``.
+
+    0 where there is none; among equally near pixels of different instances the first offset
+    in row-major order wins.
+    """
+    nearest = np.zeros(len(ys), dtype=labels.dtype)
+    for dy, dx in _disk_offsets(grow):
+        values = _shifted(labels, ys, xs, dy, dx)
+        take = (nearest == 0) & (values > 0)
+        nearest[take] = values[take]
+    return nearest
+
+
+def _keep_connected(
+    out: np.ndarray, ys: np.ndarray, xs: np.ndarray, candidate: np.ndarray
+) -> np.ndarray:
+    """Write ``candidate`` ids into ``out`` at ``(ys, xs)`` where they connect to the same id.
 
     A candidate pixel is accepted when it touches (4-connectivity) a pixel of the same id, either
-    an original one or an accepted one; this is repeated until nothing changes, so a gap pixel
-    that would float away from its cell is left as background.
+    an original one or one accepted in an earlier round; rounds repeat until nothing changes,
+    so a gap pixel that would float away from its cell is left as background. ``out`` is
+    modified in place and returned.
     """
-    out = labels.copy()
-    pending = (candidate > 0) & (labels == 0)
+    pending = candidate > 0
     while True:
-        touches = np.zeros_like(pending)
-        padded = np.pad(out, 1)
-        centre = (slice(1, -1), slice(1, -1))
-        for axis in range(2):
-            for step in (-1, 1):
-                neighbour = np.roll(padded, step, axis=axis)[centre]
-                touches |= pending & (neighbour == candidate)
+        touches = np.zeros(len(ys), dtype=bool)
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            touches |= pending & (_shifted(out, ys, xs, dy, dx) == candidate)
         if not touches.any():
             return out
-        out[touches] = candidate[touches]
+        out[ys[touches], xs[touches]] = candidate[touches]
         pending &= ~touches
 
 
@@ -141,9 +174,11 @@ def fill_gaps(labels: np.ndarray, grow: int = 2) -> np.ndarray:
     """Give thin background gaps between instances back to the nearest instance.
 
     A background pixel is filled only if it lies within ``grow`` px of at least two different
-    instances (:func:`gap_pixels`); it takes the id of the nearest instance
-    (:func:`skimage.segmentation.expand_labels`) and is kept only if it connects to that
-    instance. Instances never grow into open background.
+    instances (:func:`gap_pixels`); it takes the id of the nearest instance pixel (Euclidean
+    distance; ties between instances at the same distance go to the first in row-major offset
+    order) and is kept only if it connects to that instance. Instances never grow into open
+    background. Only the gap pixels are visited, so time and memory beyond the label image
+    itself grow with the number of gap pixels, not with the image.
 
     Parameters
     ----------
@@ -157,20 +192,20 @@ def fill_gaps(labels: np.ndarray, grow: int = 2) -> np.ndarray:
     numpy.ndarray
         New label image of the same dtype.
     """
+    out = labels.copy()
     if grow < 1 or not labels.any():
-        return labels.copy()
-    gaps = gap_pixels(labels, grow)
-    nearest = expand_labels(labels, distance=grow)
-    candidate = np.where(gaps, nearest, 0).astype(labels.dtype)
-    return _keep_connected(labels, candidate)
+        return out
+    ys, xs = np.nonzero(gap_pixels(labels, grow))
+    return _keep_connected(out, ys, xs, _nearest_ids(labels, ys, xs, grow))
 
 
 def _instances_2d(
     fg_prob: np.ndarray, threshold: float, min_size: int, grow: int
 ) -> tuple[np.ndarray, int]:
     """Instances of one 2D probability map; returns (int32 labels 0..n, n)."""
-    labels, _ = ndi.label(fg_prob > threshold, structure=_CROSS)
-    labels = remove_small_instances(labels.astype(np.int32), min_size)
+    labels = np.empty(fg_prob.shape, dtype=np.int32)
+    ndi.label(fg_prob > threshold, structure=_CROSS, output=labels)
+    labels = remove_small_instances(labels, min_size)
     labels = fill_gaps(labels, grow)
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.int32, copy=False), int(labels.max())
