@@ -66,7 +66,10 @@ Streaming
     two worker threads overlap the network's work on slice ``i`` with reading and normalising
     slice ``i + 1`` and post-processing slice ``i - 1`` (``OVERLAP_SLICES``). Peak memory is
     the input, the outputs, two normalised slices, two slices of probabilities, the
-    post-processing of one slice and the activations of one tile batch.
+    post-processing of one slice and the activations of one tile batch. Between slices the
+    C heaps of the threads involved give their free pages back to the system
+    (:func:`napari_unetkit.memory.release_free_memory`), else each would keep the largest
+    amount it ever held.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ from torch import nn
 from napari_unetkit import layout, postprocess
 from napari_unetkit.device import autocast_context, resolve_device
 from napari_unetkit.inference import inference_copy, state_fingerprint, uses_channels_last
+from napari_unetkit.memory import release_free_memory
 from napari_unetkit.model import UNetConfig, pad_to_multiple, receptive_interval
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.normalization import (
@@ -741,7 +745,9 @@ class Predictor:
                     probabilities[(slice(None), *index)] = probs
             if labels is None:
                 return first_id
-            return self._write_labels(labels, index, probs, kind, threshold, min_size, first_id)
+            next_id = self._write_labels(labels, index, probs, kind, threshold, min_size, first_id)
+            release_free_memory()  # what post-processing freed in this thread's heap
+            return next_id
 
         # Pipeline (see the module docstring): while the network predicts slice i, a worker
         # thread reads and normalises slice i + 1 and post-processes slice i - 1. Stores run
@@ -756,6 +762,7 @@ class Predictor:
                 normalised = upcoming.result()
                 if done + 1 < total:
                     upcoming = workers.submit(read, indices[done + 1])
+                release_free_memory()  # what the previous slice's tiles freed
                 probs = self.predict_slice(
                     normalised, cancel=cancel, progress=_tile_reporter(progress, done, total)
                 )
@@ -813,7 +820,8 @@ class Predictor:
         extra = {} if min_size is None else {"min_size": int(min_size)}
         instances = postprocess.instances_from_probabilities(probs[1], threshold, **extra)
         count = int(instances.max(initial=0))
-        labels[index] = np.where(instances > 0, instances + next_id, 0)
+        instances[instances > 0] += next_id  # in place: no second slice-sized label image
+        labels[index] = instances
         return next_id + count
 
 
