@@ -8,8 +8,10 @@ Usage::
 The requirement: peak resident memory (RSS) below input + output + 1 GiB. The script, in its
 own process:
 
-1. trains the default network briefly (or loads ``--model``) and records the RSS (the
-   *baseline*: Python, torch, the model);
+1. loads ``--model``, or trains the default network briefly **in a child process** that saves
+   it to a temporary model file, and loads that: the process then holds what a user's
+   prediction holds (Python, torch, the package, one model) and nothing a training left
+   behind; its RSS is the *baseline*;
 2. allocates the uint16 input stack and fills it slice by slice with synthetic nuclei (no
    float copy of the stack ever exists);
 3. runs ``Predictor.predict`` (instances, the default output: an int32 label stack, 1 GiB for
@@ -31,7 +33,9 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,7 +45,7 @@ import torch
 
 from napari_unetkit.device import describe_device, resolve_device
 from napari_unetkit.model import UNet, UNetConfig
-from napari_unetkit.modelfile import load_model
+from napari_unetkit.modelfile import load_model, save_model
 from napari_unetkit.prediction import Predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,22 +104,32 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a .unet model file instead of training")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--train-seconds", type=float, default=20.0, help="training budget")
+    parser.add_argument("--train-to", type=Path, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = resolve_device("auto")
     n_slices, side = (8, 1024) if args.quick else (64, 2048)
     step = 1 if (args.quick or args.all_slices) else 4
-    print(f"device {describe_device(device)}, torch {torch.__version__}; {load()}")
-    if args.model is not None:
-        model, description = load_model(args.model, device=device)
-    elif args.train_seconds > 0:
+    if args.train_to is not None:
         model, description, summary = trained_model(args.train_seconds, device)
+        save_model(args.train_to, model, description)
         print(f"trained the default network for {summary['train_seconds']} s")
-    else:
-        model = UNet(UNetConfig()).to(device).eval()
-        description = {"mode": "instances"}
-        print("random default network (no training)")
+        return
+    print(f"device {describe_device(device)}, torch {torch.__version__}; {load()}")
+    with tempfile.TemporaryDirectory() as folder:
+        model_path = args.model
+        if model_path is None and args.train_seconds > 0:
+            model_path = Path(folder) / "trained.unet"
+            child = [sys.executable, __file__, "--train-to", str(model_path)]
+            child += ["--train-seconds", str(args.train_seconds), "--threads", str(args.threads)]
+            subprocess.run(child, check=True)
+        if model_path is not None:
+            model, description = load_model(model_path, device=device)
+        else:
+            model = UNet(UNetConfig()).to(device).eval()
+            description = {"mode": "instances"}
+            print("random default network (no training)")
     pieces = make_pieces(4, seed=2000)
     predictor = Predictor(model, description, device=device)
     baseline = rss_bytes()
