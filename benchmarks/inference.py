@@ -44,6 +44,7 @@ import copy
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from torch import nn
 
 from napari_unetkit.device import describe_device, resolve_device
 from napari_unetkit.inference import fold_all_batch_norms, inference_copy
+from napari_unetkit.memory import release_free_memory
 from napari_unetkit.metrics import evaluate
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
@@ -265,6 +267,8 @@ def single_image(
         f"  instance F1 (IoU 0.5, {result['n_true_instances']} nuclei): plain "
         f"{result['baseline_f1']:.4f}, Predictor {result['predictor_f1']:.4f}"
     )
+    if side > predictor.tile_size:
+        result["one_tile"] = one_tile(model, description, device, normalised, plain, result)
     if mirror:
         mirrored = Predictor(model, description, device=device, border="mirror")
         times = []
@@ -288,6 +292,65 @@ def single_image(
             f"{m['max_prob_diff_vs_baseline_interior']:.2g} (interior), F1 {m['f1']:.4f}"
         )
     return result
+
+
+def one_tile(model, description, device, normalised: np.ndarray, plain, result: dict) -> dict:
+    """Time the Predictor with one tile covering the whole image (``--tile-size`` = the side).
+
+    No halo is computed twice, at the cost of the activations of the whole image: the figure
+    says what a user with memory to spare gains over the default tiles.
+    """
+    side = normalised.shape[-1]
+    whole = Predictor(model, description, device=device, tile_size=side)
+    times, peaks = [], []
+    for _ in range(REPEATS):
+        with ResidentPeak() as peak:
+            seconds, probs = timed(whole.predict_slice, device, normalised)
+        times.append(seconds)
+        peaks.append(peak.increase)
+    with ResidentPeak() as peak:
+        Predictor(model, description, device=device).predict_slice(normalised)
+    figures = {
+        "seconds": min(times),
+        "mp_per_s": side * side / 1e6 / min(times),
+        "speedup": result["baseline_seconds"] / min(times),
+        "max_prob_diff_vs_baseline": float(np.abs(probs - plain).max()),
+        "working_memory_mib": max(peaks) / 2**20,
+        "default_tiles_working_memory_mib": peak.increase / 2**20,
+    }
+    print(
+        f"  one {side} px tile (--tile-size {side}): {figures['seconds']:.2f} s, "
+        f"{figures['mp_per_s']:.3f} MP/s, {figures['speedup']:.2f}x plain; working memory "
+        f"{figures['working_memory_mib']:.0f} MiB against "
+        f"{figures['default_tiles_working_memory_mib']:.0f} MiB with the default tiles"
+    )
+    return figures
+
+
+class ResidentPeak:
+    """Largest increase of this process's resident memory while the block runs (sampled)."""
+
+    def __enter__(self) -> ResidentPeak:
+        release_free_memory()  # start from what is in use, not what earlier work left free
+        self.start = self.peak = _resident_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _resident_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.increase = max(self.peak, _resident_bytes()) - self.start
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def stack(model, description, device, n_slices: int, side: int, pieces, macs: float) -> dict:
