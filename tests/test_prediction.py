@@ -221,6 +221,35 @@ def test_probabilities_sum_to_one():
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
 
 
+def test_predict_slice_keeps_only_the_requested_classes():
+    model = random_model(n_classes=3)
+    predictor = Predictor(model, description(model.config, "classes"), device="cpu")
+    image = normalised_nuclei((37, 50))
+    full = predictor.predict_slice(image)
+    np.testing.assert_array_equal(predictor.predict_slice(image, classes=[2]), full[2:])
+    np.testing.assert_array_equal(predictor.predict_slice(image, classes=[2, 0]), full[[2, 0]])
+    for bad in ([], [3], [-1]):
+        with pytest.raises(ValueError, match=r"classes must be among 0\.\.2"):
+            predictor.predict_slice(image, classes=bad)
+
+
+def test_instance_model_outputs_agree_with_its_full_probabilities(trained, nuclei_stack):
+    """Instance outputs use the foreground alone; semantic ones still see both classes."""
+    predictor = Predictor(trained, description(trained.config), device="cpu")
+    normalised = predictor.predict(nuclei_stack, output="probabilities").probabilities
+    semantic = predictor.predict(nuclei_stack, output="semantic", return_probabilities=True)
+    instances = predictor.predict(nuclei_stack, return_probabilities=True)
+    np.testing.assert_array_equal(semantic.probabilities, normalised)
+    np.testing.assert_array_equal(instances.probabilities, normalised)
+    # Two classes: the argmax is class 1 exactly where its probability is above one half.
+    np.testing.assert_array_equal(semantic.labels, (normalised > 0.5).astype(np.uint8))
+    assert semantic.labels.any() and not semantic.labels.all()
+    for z, plane in enumerate(normalised):
+        np.testing.assert_array_equal(
+            instances.labels[z] > 0, instances_from_probabilities(plane) > 0
+        )
+
+
 @pytest.mark.parametrize("border", ["network", "mirror"])
 @pytest.mark.parametrize("depth", [3, 4])
 def test_tiled_prediction_matches_whole_image(trained, depth, border):

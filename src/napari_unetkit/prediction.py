@@ -497,6 +497,7 @@ class Predictor:
         *,
         cancel: threading.Event | None = None,
         progress: Callable[[int, int], None] | None = None,
+        classes: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Class probabilities of one normalised slice, by overlap-tile prediction.
 
@@ -508,11 +509,14 @@ class Predictor:
             Checked before every tile batch.
         progress : callable, optional
             ``progress(done_tiles, total_tiles)``, called after every tile batch.
+        classes : sequence of int, optional
+            Keep only these classes' probabilities (the softmax is still over all classes);
+            ``[1]`` for the foreground of an instance model holds half the memory.
 
         Returns
         -------
         numpy.ndarray
-            float32 softmax probabilities ``(K, Y, X)``.
+            float32 softmax probabilities ``(K, Y, X)``, or ``(len(classes), Y, X)``.
 
         Raises
         ------
@@ -527,9 +531,12 @@ class Predictor:
                 f"predict_slice expects a (C, Y, X) slice with C = {self.config.in_channels}, "
                 f"got shape {image.shape}."
             )
+        kept = list(range(self.n_classes)) if classes is None else [int(c) for c in classes]
+        if not kept or not all(0 <= c < self.n_classes for c in kept):
+            raise ValueError(f"classes must be among 0..{self.n_classes - 1}, got {classes}.")
         tiles = self.tile_layout(image.shape[1:])
         padded = self._padded(image)
-        out = np.empty((self.n_classes, *image.shape[1:]), dtype=np.float32)
+        out = np.empty((len(kept), *image.shape[1:]), dtype=np.float32)
         done = 0
         network = self._network()
         for batch in _batches(tiles, self.batch_size):
@@ -538,7 +545,10 @@ class Predictor:
             probs = self._run(network, inputs)
             for tile, prob in zip(batch, probs, strict=True):
                 (oy, ox), h, w = tile.offset, tile.height, tile.width
-                out[:, tile.y : tile.y + h, tile.x : tile.x + w] = prob[:, oy : oy + h, ox : ox + w]
+                core = prob[:, oy : oy + h, ox : ox + w]
+                out[:, tile.y : tile.y + h, tile.x : tile.x + w] = (
+                    core if classes is None else core[kept]
+                )
             done += len(batch)
             if progress is not None:
                 progress(done, len(tiles))
@@ -737,10 +747,14 @@ class Predictor:
         def read(index: tuple[int, ...]) -> np.ndarray:
             return apply_percentiles(layout.get_slice(image, index, channel_axis), low, high)
 
+        # Instances and probabilities of an instance model need only its foreground (class 1,
+        # its last): predicting only it halves the probabilities held per slice.
+        classes = [1] if self.mode == "instances" and kind != "semantic" else None
+
         def store(index: tuple[int, ...], probs: np.ndarray, first_id: int) -> int:
             if probabilities is not None:
                 if self.mode == "instances":
-                    probabilities[index] = probs[1]
+                    probabilities[index] = probs[-1]
                 else:
                     probabilities[(slice(None), *index)] = probs
             if labels is None:
@@ -764,7 +778,10 @@ class Predictor:
                     upcoming = workers.submit(read, indices[done + 1])
                 release_free_memory()  # what the previous slice's tiles freed
                 probs = self.predict_slice(
-                    normalised, cancel=cancel, progress=_tile_reporter(progress, done, total)
+                    normalised,
+                    cancel=cancel,
+                    progress=_tile_reporter(progress, done, total),
+                    classes=classes,
                 )
                 del normalised
                 if stored is not None:
@@ -818,7 +835,7 @@ class Predictor:
             labels[index] = postprocess.semantic_from_probabilities(probs, offset=offset)
             return next_id
         extra = {} if min_size is None else {"min_size": int(min_size)}
-        instances = postprocess.instances_from_probabilities(probs[1], threshold, **extra)
+        instances = postprocess.instances_from_probabilities(probs[-1], threshold, **extra)
         count = int(instances.max(initial=0))
         instances[instances > 0] += next_id  # in place: no second slice-sized label image
         labels[index] = instances
