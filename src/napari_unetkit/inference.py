@@ -30,25 +30,27 @@ the model's current weights, whatever changed them: an optimiser step (fused opt
 bump tensor version counters, so those cannot be trusted), ``load_state_dict``, batch-norm
 statistics updated by a training-mode forward pass. Copying and folding takes about 40 ms.
 
-Measured on a 2-core AMD EPYC (Zen 3, AVX2, no AVX-512), 2 threads, default network (depth 4,
-16 base channels, batch norm), float32, against the plain eager model (``model.eval()``, NCHW)
-on the same input: batch-norm folding alone 1.00-1.03x, channels-last alone 1.55-1.58x, both
-1.58-1.66x on a 704 x 704 tile and 2.3-2.4x on a 1216 x 1216 one (the plain model's larger
-NCHW maps cost ever more page faults and reorders). Its 3x3 convolutions then run at 90-175
-GFLOP/s, about the machine's float32 matrix-multiply peak; concatenation, ReLU and pooling take
-about 15 % of the time. Rejected after measuring: replacing the 2x2 transposed convolutions by
-a 1x1 convolution and a pixel shuffle (0.9x in NCHW, no gain in NHWC); oneDNN's fused
-convolution + ReLU operator called eagerly (``torch.ops.mkldnn._convolution_pointwise``, with
-or without pre-packed weights: at most 5 % faster per convolution, nothing over the network,
-and an internal operator); NNPACK's Winograd convolutions for the levels with 64 channels or
-more (faster alone at 128 channels, slower over the network because of layout changes);
-``torch.compile`` with freezing (about 1.15x faster than the eager channels-last copy, but
-12 s of compilation with a warm cache and 60 s cold for every new tile shape); keeping freed
-memory in the C heap with ``mallopt`` (about 1.1x, but process-wide). bfloat16 needs
-AVX512-BF16 or AMX to be fast on a CPU, which this machine lacks, so CPU inference stays
-float32. Setting ``THP_MEM_ALLOC_ENABLE=1`` in the environment before Python starts (PyTorch
-then backs large tensors with transparent huge pages) cut the kernel time spent on page faults
-about threefold for both the plain and the optimised model.
+Measured on a 2-core AMD EPYC (Zen 3, AVX2, no AVX-512), 2 threads, default network (depth 4, 16
+base channels, batch norm), float32, against the plain eager model (``model.eval()``, NCHW) on
+the same input: batch-norm folding alone 1.00-1.03x, channels-last alone 1.55-1.58x, both
+1.58-1.66x on a 704 x 704 tile and 2.3-2.4x on a 1216 x 1216 one (the plain model's larger NCHW
+maps cost ever more page faults and reorders); the split decoders another 1.12x on a 1120 x 1120
+tile. Its 3x3 convolutions then run at 90-175 GFLOP/s, about the machine's float32
+matrix-multiply peak; ReLU, pooling and the transposed convolutions take about 14 % of the time.
+Rejected after measuring: TorchScript tracing with freezing and
+``torch.jit.optimize_for_inference`` (1.4-1.8x slower than the eager copy); replacing the 2x2
+transposed convolutions by a 1x1 convolution and a pixel shuffle (0.9x in NCHW, no gain in
+NHWC); oneDNN's fused convolution + ReLU operator called eagerly
+(``torch.ops.mkldnn._convolution_pointwise``, with or without pre-packed weights: at most 5 %
+faster per convolution, nothing over the network, and an internal operator); NNPACK's Winograd
+convolutions for the levels with 64 channels or more (faster alone at 128 channels, slower over
+the network because of layout changes); ``torch.compile`` with freezing (about 1.15x faster than
+the eager channels-last copy, but 12 s of compilation with a warm cache and 60 s cold for every
+new tile shape); keeping freed memory in the C heap with ``mallopt`` (about 1.1x, but
+process-wide). bfloat16 needs AVX512-BF16 or AMX to be fast on a CPU, which this machine lacks,
+so CPU inference stays float32. Setting ``THP_MEM_ALLOC_ENABLE=1`` in the environment before
+Python starts (PyTorch then backs large tensors with transparent huge pages) cut the kernel time
+spent on page faults about threefold for both the plain and the optimised model.
 """
 
 from __future__ import annotations

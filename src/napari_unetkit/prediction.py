@@ -27,10 +27,10 @@ Image border (``border``)
 
 The network
     Every prediction runs :func:`napari_unetkit.inference.inference_copy` of the model (eval
-    mode, batch norm folded into the convolutions, channels-last memory format on CPU and CUDA),
-    kept while the model's weights are unchanged; the model itself is never modified or
-    switched to eval mode. On a 2-core AMD EPYC (AVX2) the copy ran the default network
-    1.6-2.4x faster than the plain eager model on the same input, see
+    mode, batch norm folded into the convolutions, channels-last memory format on CPU and CUDA,
+    decoders without concatenation), kept while the model's weights are unchanged; the model
+    itself is never modified or switched to eval mode. On a 2-core AMD EPYC (AVX2) the copy
+    ran the default network 1.8-2.6x faster than the plain eager model on the same input, see
     ``benchmarks/inference.py``. CUDA runs in mixed precision (``amp``).
 
 Default halo
