@@ -15,17 +15,19 @@ What it does, in one process, on the device ``"auto"`` picks (CUDA when there is
    pixel with forward hooks (2 FLOP each);
 3. on a 2048 x 2048 image (``--quick``: 1024 x 1024) of synthetic nuclei with exact labels,
    times the **plain baseline** (``model.eval()``, the whole image in one float32 eager call
-   under ``torch.inference_mode``, no tiling) and the **Predictor** (``predict_slice``: the
-   inference copy of :mod:`napari_unetkit.inference`, exact-halo tiles, mixed precision on
-   CUDA), alternating them and keeping the fastest of ``REPEATS`` runs each; then compares
-   their probabilities and the instance F1 (IoU 0.5) of the labels each gives
-   (``instances_from_probabilities``, defaults) against the truth;
+   under ``torch.inference_mode``, no tiling) and the **Predictor** with its defaults
+   (``predict_slice``: the inference copy of :mod:`napari_unetkit.inference`, exact-halo
+   tiles, ``precision="auto"``), alternating them and keeping the fastest of ``REPEATS`` runs
+   each; then compares their probabilities and the instance F1 (IoU 0.5) of the labels each
+   gives (``instances_from_probabilities``, defaults) against the truth. The same for each
+   explicit precision (``float32``, ``mixed``, ``half``; the 16-bit ones only where the device
+   computes them natively);
 4. on a 64 x 1024 x 1024 stack (``--quick``: 8 x 512 x 512) times ``Predictor.predict``
    end to end (normalisation, network, instances, stack ids), and the network alone (baseline
    and Predictor) on its first ``STACK_BASELINE_SLICES`` slices.
 
-With the Predictor's default ``border="network"`` its probabilities equal the plain call's
-everywhere (up to float32 rounding; mixed precision on CUDA adds its own rounding); the
+With the Predictor's default ``border="network"`` its float32 probabilities equal the plain
+call's everywhere (up to float32 rounding; 16-bit levels add their own rounding); the
 difference is printed over the whole image and over the interior (farther than the halo from
 the border).
 
@@ -59,6 +61,7 @@ from napari_unetkit.metrics import evaluate
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.postprocess import instances_from_probabilities
+from napari_unetkit.precision import cpu_has_native_bfloat16, reduced_dtype
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.synthetic import synthetic_nuclei
 from napari_unetkit.training import TrainConfig, train
@@ -211,8 +214,8 @@ def single_image(
     predictor = Predictor(model, description, device=device)
     print(
         f"\n{side} x {side} image: Predictor tiles of {predictor.tile_size} px core + "
-        f"{predictor.halo} px halo, batch {predictor.batch_size}, "
-        f"amp {'on' if predictor.amp else 'off'}; {load()}"
+        f"{predictor.halo} px halo, batch {predictor.batch_size}, precision "
+        f"{predictor.precision} ({predictor.precision_description}); {load()}"
     )
     plain_times, fast_times = [], []
     for _ in range(REPEATS):
@@ -232,7 +235,7 @@ def single_image(
         "tile_size": predictor.tile_size,
         "halo": halo,
         "batch_size": predictor.batch_size,
-        "amp": predictor.amp,
+        "precision": predictor.precision,
         "computed_pixel_ratio": computed / side**2,
         "baseline_seconds": min(plain_times),
         "predictor_seconds": min(fast_times),
@@ -267,6 +270,15 @@ def single_image(
         f"  instance F1 (IoU 0.5, {result['n_true_instances']} nuclei): plain "
         f"{result['baseline_f1']:.4f}, Predictor {result['predictor_f1']:.4f}"
     )
+    result["precisions"] = precisions(model, description, device, normalised, plain, truth)
+    for figures in result["precisions"].values():
+        figures["speedup"] = result["baseline_seconds"] / figures["seconds"]
+        print(
+            f"  precision {figures['precision']:8s} {figures['seconds']:6.2f} s  "
+            f"{megapixels / figures['seconds']:6.3f} MP/s  {figures['speedup']:.2f}x plain  "
+            f"max |prob diff| {figures['max_prob_diff_vs_baseline']:.2g}  "
+            f"F1 {figures['f1']:.4f}"
+        )
     if side > predictor.tile_size:
         result["one_tile"] = one_tile(model, description, device, normalised, plain, result)
     if mirror:
@@ -292,6 +304,35 @@ def single_image(
             f"{m['max_prob_diff_vs_baseline_interior']:.2g} (interior), F1 {m['f1']:.4f}"
         )
     return result
+
+
+def native_reduced_precision(device: torch.device) -> bool:
+    """Whether 16-bit levels run natively here (else they are emulated, slower than float32)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
+
+
+def precisions(model, description, device, normalised: np.ndarray, plain, truth) -> dict:
+    """Each explicit precision of the Predictor on the image: time, agreement, instance F1."""
+    names = ["float32"]
+    if native_reduced_precision(device):
+        names += ["mixed", "half"]
+    else:
+        print(f"  (no native {reduced_dtype(device)} on this device: float32 only)")
+    results = {}
+    for name in names:
+        predictor = Predictor(model, description, device=device, precision=name)
+        times = []
+        for _ in range(REPEATS):
+            seconds, probs = timed(predictor.predict_slice, device, normalised)
+            times.append(seconds)
+        results[name] = {
+            "precision": name,
+            "description": predictor.precision_description,
+            "seconds": min(times),
+            "max_prob_diff_vs_baseline": float(np.abs(probs - plain).max()),
+            "f1": evaluate(truth, instances_from_probabilities(probs[1]))["f1"],
+        }
+    return results
 
 
 def one_tile(model, description, device, normalised: np.ndarray, plain, result: dict) -> dict:
@@ -486,7 +527,7 @@ def main() -> None:
     n = 8192 if device.type == "cuda" else 4096
     figures["matmul_gflops_fp32"] = matmul_peak(device, n)
     line = f"matmul peak (float32, {n} x {n}): {figures['matmul_gflops_fp32']:.1f} GFLOP/s"
-    if device.type == "cuda":
+    if native_reduced_precision(device):
         figures["matmul_gflops_bf16"] = matmul_peak(device, n, torch.bfloat16)
         line += f", bfloat16 {figures['matmul_gflops_bf16']:.1f}"
     print(line)

@@ -223,7 +223,9 @@ def test_predictor_matches_the_plain_model_and_leaves_it_alone(options):
     image = np.random.default_rng(0).random((model.config.in_channels, 64, 56), np.float32)
     expected = plain_probabilities(model, torch.from_numpy(image)[None])[0].numpy()
     state = snapshot(model)
-    predictor = Predictor(model, description(model.config), device="cpu", tile_size=32)
+    predictor = Predictor(
+        model, description(model.config), device="cpu", tile_size=32, precision="float32"
+    )
     probs = predictor.predict_slice(image)
     tolerance = 1e-4 if model.config.norm != "group" else 0.05  # group norm: per tile
     assert np.abs(probs - expected).max() <= tolerance
@@ -247,7 +249,7 @@ def test_predictor_accepts_views_and_read_only_slices(border):
 def test_predictor_during_training_uses_the_fresh_weights():
     """A trainer validating with one predictor, between (fused) optimiser steps."""
     model = make_model(depth=2, base_channels=4, dropout=0.5)
-    predictor = Predictor(model, description(model.config), device="cpu")
+    predictor = Predictor(model, description(model.config), device="cpu", precision="float32")
     image = np.random.default_rng(1).random((1, 40, 48), np.float32)
     x = torch.from_numpy(image)[None]
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)

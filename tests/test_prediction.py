@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_unetkit import layout
+from napari_unetkit.metrics import evaluate
 from napari_unetkit.model import UNet, UNetConfig
 from napari_unetkit.modelfile import save_model
 from napari_unetkit.normalization import (
@@ -258,7 +259,7 @@ def test_tiled_prediction_matches_whole_image(trained, depth, border):
     else:
         model, shape = random_model(depth=4, base_channels=4, seed=1), (100, 120)
     image = normalised_nuclei(shape, seed=5)
-    options = {"device": "cpu", "tile_size": 48, "border": border}
+    options = {"device": "cpu", "tile_size": 48, "border": border, "precision": "float32"}
     predictor = Predictor(model, description(model.config), batch_size=3, **options)
     assert tile_count(predictor, image) >= 9
     tiled = predictor.predict_slice(image)
@@ -288,7 +289,12 @@ def test_border_modes_differ_only_near_the_border(trained):
 def test_tile_larger_than_image(trained, border):
     image = normalised_nuclei((50, 70), seed=2)
     predictor = Predictor(
-        trained, description(trained.config), device="cpu", tile_size=1024, border=border
+        trained,
+        description(trained.config),
+        device="cpu",
+        tile_size=1024,
+        border=border,
+        precision="float32",
     )
     assert tile_count(predictor, image) == 1
     expected = reference(trained, image, predictor)
@@ -313,7 +319,12 @@ def test_tiny_and_odd_slices_match_reference(shape, border):
     model = random_model(depth=3)
     image = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     predictor = Predictor(
-        model, description(model.config), device="cpu", tile_size=32, border=border
+        model,
+        description(model.config),
+        device="cpu",
+        tile_size=32,
+        border=border,
+        precision="float32",
     )
     probs = predictor.predict_slice(image)
     assert probs.shape == (2, *shape)
@@ -349,7 +360,9 @@ def test_training_mode_is_kept(trained):
     expected = plain_reference(trained, image)
     trained.train()
     try:
-        predictor = Predictor(trained, description(trained.config), device="cpu")
+        predictor = Predictor(
+            trained, description(trained.config), device="cpu", precision="float32"
+        )
         assert trained.training
         np.testing.assert_allclose(predictor.predict_slice(image), expected, atol=1e-5)
         assert trained.training
@@ -518,3 +531,28 @@ def test_invalid_descriptions_and_options():
         predictor.predict(np.zeros((16, 16)), output="outlines")
     with pytest.raises(ValueError, match="boolean"):
         predictor.predict(np.zeros((16, 16), bool))
+
+
+# ------------------------------------------------------------------------------- precision
+
+
+def precision_predictions(model: nn.Module, image: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        name: Predictor(
+            model, description(model.config), device="cpu", precision=name
+        ).predict_slice(image)
+        for name in ("float32", "mixed", "half")
+    }
+
+
+def test_mixed_precision_keeps_probabilities_within_0_01_and_the_instances(trained):
+    image = normalised_nuclei((192, 160), seed=9)
+    probs = precision_predictions(trained, image)
+    exact, mixed = probs["float32"], probs["mixed"]
+    print({k: float(np.abs(v - exact).max()) for k, v in probs.items()})
+    assert mixed.dtype == np.float32
+    # bfloat16 really ran (the result is not float32's), and it stayed within 0.01.
+    assert 0 < np.abs(mixed - exact).max() <= 0.01
+    np.testing.assert_allclose(mixed.sum(axis=0), 1, atol=1e-5)
+    truth = instances_from_probabilities(exact[1])
+    assert evaluate(truth, instances_from_probabilities(mixed[1]))["f1"] == 1.0

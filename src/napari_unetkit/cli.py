@@ -22,6 +22,7 @@ import numpy as np
 
 from napari_unetkit import __version__
 from napari_unetkit.demo import DEMO_TIME_LIMIT
+from napari_unetkit.precision import PRECISIONS
 from napari_unetkit.progress import Cancelled
 
 EXIT_ERROR = 1
@@ -318,7 +319,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = check_output(args.out, args.overwrite)
     prob_out = check_output(args.probabilities, args.overwrite) if args.probabilities else None
     predictor = Predictor.from_file(
-        args.model, device=args.device, tile_size=args.tile_size, tta=args.tta, border=args.border
+        args.model,
+        device=args.device,
+        tile_size=args.tile_size,
+        tta=args.tta,
+        border=args.border,
+        precision=args.precision,
     )
     image = read_image(args.image)
     channel_axis = args.channel_axis
@@ -556,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="network",
         help="Beyond the image border: the network's zero padding, as in training and as one "
         "whole-image call (default), or the image mirrored (the paper's overlap-tile).",
+    )
+    predict.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default): 16-bit coarse levels where the CPU or GPU computes them natively, "
+        "probabilities within 0.01 of float32; float32: exact everywhere; mixed: force that; "
+        "half: everything 16-bit (fastest, probabilities may move by about 0.1).",
     )
     predict.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")

@@ -580,7 +580,9 @@ class _Validator:
     ) -> np.ndarray:
         """Softmax probabilities ``(K, Y, X)`` of one normalised slice, model in eval mode."""
         if image.shape[1] * image.shape[2] > MAX_DIRECT_VALIDATION_PIXELS:
-            predictor = Predictor(model, description, device=self.device, amp=self.amp)
+            # Mixed precision for validation only where training itself runs mixed (CUDA).
+            precision = "auto" if self.amp else "float32"
+            predictor = Predictor(model, description, device=self.device, precision=precision)
             return predictor.predict_slice(image, cancel=cancel)
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
         with torch.inference_mode(), autocast_context(self.device, self.amp, self.amp_type):

@@ -238,6 +238,8 @@ def test_colour_model_on_other_channels_is_explained(rgb_predictor, image, chann
         ({"tile_size": 2.5}, "The tile size (pixels) must be a whole number >= 1"),
         ({"batch_size": 0}, "The batch size (tiles) must be a whole number >= 1"),
         ({"halo": -16}, "The halo (pixels) must be a whole number >= 0"),
+        ({"precision": "fp8"}, "The precision must be one of auto, float32, mixed, half"),
+        ({"precision": None}, "The precision must be one of auto, float32, mixed, half"),
     ],
 )
 def test_wrong_tiling_options_are_named(keywords, fragment):
