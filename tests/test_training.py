@@ -418,6 +418,37 @@ def test_cpu_bfloat16_autocast_when_asked(prepared):
     assert next(result.model.parameters()).dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    ("amp", "amp_dtype", "native", "expected"),
+    [
+        (None, None, True, torch.bfloat16),  # default: bfloat16 autocast where it is native
+        (None, None, False, None),  # ... and float32 where the CPU would emulate it
+        (False, None, True, None),
+        (True, None, False, torch.bfloat16),  # asked for: bfloat16 even if emulated
+        (True, "bf16", True, torch.bfloat16),
+    ],
+)
+def test_cpu_mixed_precision_defaults_follow_native_bfloat16(
+    monkeypatch, amp, amp_dtype, native, expected
+):
+    from napari_unetkit import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bfloat16", lambda: native)
+    config = tiny(amp=amp, amp_dtype=amp_dtype)
+    assert training._amp_settings(config, torch.device("cpu")) == (expected is not None, expected)
+
+
+def test_training_runs_channels_last_and_saves_contiguous_weights(prepared, tmp_path):
+    result = train(prepared, tiny(), out=tmp_path / "cl.unet")
+    conv = next(
+        m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+    )
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    saved = torch.load(tmp_path / "cl.unet", weights_only=True)["state_dict"]
+    assert all(tensor.is_contiguous() for tensor in saved.values())
+
+
 def test_progress_reports_every_step_and_stage(prepared, tmp_path):
     events = []
     torch.set_num_threads(2)
