@@ -29,10 +29,11 @@ import torch
 
 from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.data import PatchSampler, prepare_training_data
+from napari_unetkit.inference import uses_channels_last
 from napari_unetkit.losses import training_loss
 from napari_unetkit.model import UNet, UNetConfig
 from napari_unetkit.synthetic import sample_pairs
-from napari_unetkit.training import TrainConfig, train
+from napari_unetkit.training import TrainConfig, amp_settings, train
 
 THROUGHPUT_CASES = [
     # (depth, base_channels, patch_size, batch_size)
@@ -50,40 +51,78 @@ def load() -> str:
     return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
+def time_steps(data, case, steps: int, channels_last: bool, amp_dtype) -> tuple[float, ...]:
+    """Milliseconds of sampling, of the step, and CPU milliseconds per step (after warm-up)."""
+    depth, base, patch, batch = case
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(depth=depth, base_channels=base, dropout=0.1))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sampler = PatchSampler(data.slices, patch, 0.5, AugmentationSettings(), seed=0)
+    sample_time = step_time = 0.0
+    cpu_start = 0.0
+    for i in range(steps + 2):  # two warm-up steps
+        if i == 2:
+            cpu_start = time.process_time()
+        t0 = time.perf_counter()
+        images, targets, weights = sampler.sample_batch(batch)
+        t1 = time.perf_counter()
+        x = torch.from_numpy(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            "cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+        ):
+            logits = model(x)
+        loss = training_loss(logits, torch.from_numpy(targets), torch.from_numpy(weights))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        t2 = time.perf_counter()
+        if i >= 2:
+            sample_time += t1 - t0
+            step_time += t2 - t1
+    cpu = (time.process_time() - cpu_start) / steps
+    return 1000 * sample_time / steps, 1000 * step_time / steps, 1000 * cpu
+
+
+def mode_name(channels_last: bool, amp_dtype) -> str:
+    layout = "channels-last" if channels_last else "NCHW"
+    return f"{layout} {str(amp_dtype or torch.float32).removeprefix('torch.')}"
+
+
 def throughput(steps: int) -> None:
+    """Steps as the trainer runs them on this CPU, and the default case without its speed-ups."""
     data = prepare_training_data(sample_pairs(3, (256, 256), seed=0))
-    print(f"threads {torch.get_num_threads()}, {load()}")
-    print("depth base patch batch | sample ms  step ms  cpu ms | patches/s  Mpx/s")
-    for depth, base, patch, batch in THROUGHPUT_CASES:
-        torch.manual_seed(0)
-        model = UNet(UNetConfig(depth=depth, base_channels=base, dropout=0.1))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        sampler = PatchSampler(data.slices, patch, 0.5, AugmentationSettings(), seed=0)
-        sample_time = step_time = 0.0
-        cpu_start = 0.0
-        for i in range(steps + 2):  # two warm-up steps
-            if i == 2:
-                cpu_start = time.process_time()
-            t0 = time.perf_counter()
-            images, targets, weights = sampler.sample_batch(batch)
-            t1 = time.perf_counter()
-            logits = model(torch.from_numpy(images))
-            loss = training_loss(logits, torch.from_numpy(targets), torch.from_numpy(weights))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            t2 = time.perf_counter()
-            if i >= 2:
-                sample_time += t1 - t0
-                step_time += t2 - t1
-        total = (sample_time + step_time) / steps
-        cpu = (time.process_time() - cpu_start) / steps
+    cpu = torch.device("cpu")
+    trainer = (uses_channels_last(cpu), amp_settings(TrainConfig(), cpu)[1])
+    print(f"threads {torch.get_num_threads()}, {load()}; the trainer runs {mode_name(*trainer)}")
+    print(
+        "depth base patch batch  mode                   | sample ms  step ms  cpu ms | "
+        "patches/s  Mpx/s"
+    )
+    default = THROUGHPUT_CASES[0]
+    modes = [(False, None), (True, None)]
+    if trainer[1] is not None:
+        modes.append((True, trainer[1]))
+    runs = [(default, mode) for mode in modes]
+    runs += [(case, trainer) for case in THROUGHPUT_CASES[1:]]
+    per_step = {}
+    for case, mode in runs:
+        sample_ms, step_ms, cpu_ms = time_steps(data, case, steps, *mode)
+        depth, base, patch, batch = case
+        total = (sample_ms + step_ms) / 1000
+        if case == default:
+            per_step[mode] = sample_ms + step_ms
         print(
-            f"{depth:5d} {base:4d} {patch:5d} {batch:5d} | {1000 * sample_time / steps:9.0f} "
-            f"{1000 * step_time / steps:8.0f} {1000 * cpu:7.0f} | {batch / total:9.1f} "
+            f"{depth:5d} {base:4d} {patch:5d} {batch:5d}  {mode_name(*mode):22s} | "
+            f"{sample_ms:9.0f} {step_ms:8.0f} {cpu_ms:7.0f} | {batch / total:9.1f} "
             f"{batch * patch * patch / total / 1e6:6.2f}",
             flush=True,
         )
+    ratio = per_step[(False, None)] / per_step[trainer]
+    print(f"default case: the trainer's step ({mode_name(*trainer)}) is {ratio:.2f}x the plain one")
 
 
 def convergence(time_limit: float, overrides: dict) -> None:

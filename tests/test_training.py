@@ -435,7 +435,7 @@ def test_cpu_mixed_precision_defaults_follow_native_bfloat16(
 
     monkeypatch.setattr(training, "cpu_has_native_bfloat16", lambda: native)
     config = tiny(amp=amp, amp_dtype=amp_dtype)
-    assert training._amp_settings(config, torch.device("cpu")) == (expected is not None, expected)
+    assert training.amp_settings(config, torch.device("cpu")) == (expected is not None, expected)
 
 
 def test_training_runs_channels_last_and_saves_contiguous_weights(prepared, tmp_path):

@@ -1219,7 +1219,23 @@ def _build_model(
     return model
 
 
-def _amp_settings(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype | None]:
+def amp_settings(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype | None]:
+    """Decide whether training runs under autocast, and in which type.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Its ``amp`` and ``amp_dtype`` (see :class:`TrainConfig`).
+    device : torch.device
+        Where training runs.
+
+    Returns
+    -------
+    enabled : bool
+        Whether the forward pass runs under ``torch.autocast``.
+    dtype : torch.dtype or None
+        The autocast type (``None`` when disabled).
+    """
     if config.amp is None:
         enabled = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
     else:
@@ -1346,7 +1362,7 @@ def _train(
         history = resumed[1].get("history")
         previous_history = [dict(h) for h in history] if isinstance(history, list) else []
     model = _build_model(config, data, resumed, device)
-    amp, amp_type = _amp_settings(config, device)
+    amp, amp_type = amp_settings(config, device)
     setup = _Setup(
         config=config,
         data=data,
