@@ -41,6 +41,8 @@ measured in the same run, alternating the candidates.
 
 from __future__ import annotations
 
+# First, as in the product: the package sets the allocator options torch reads at import.
+import napari_unetkit  # noqa: F401  # isort: skip
 import argparse
 import copy
 import json

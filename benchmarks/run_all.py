@@ -1,6 +1,6 @@
 """Run every benchmark and regenerate docs/benchmarks.md (figures, tables and the plot).
 
-Usage, from the repository root (about 13 minutes on 2 idle CPU cores)::
+Usage, from the repository root (about 13 minutes on 2 idle CPU cores of an AMD EPYC Zen 3)::
 
     python benchmarks/run_all.py                 # all sections, rewrites docs/benchmarks.md
     python benchmarks/run_all.py --only weightmap inference   # some sections (others kept)
@@ -70,9 +70,10 @@ SECTIONS = (
         "augmentation",
         "Augmentation cost",
         ("benchmarks/augmentation.py", "--repeats", "3"),
-        "Milliseconds per 128 x 128 patch for each augmentation, one thread. Compare with a "
-        "training step of about 450 ms for 8 patches: augmentation, elastic deformation "
-        "included, is a few percent of the step, so data loading does not starve the model.",
+        "Milliseconds per 128 x 128 patch for each augmentation, one thread. Compare with the "
+        "training step in the next section (the `sample ms` column is patch sampling with the "
+        "default augmentation for a whole batch of 8): augmentation, elastic deformation "
+        "included, is a small part of the step, so data loading does not starve the model.",
     ),
     Section(
         "training_speed",
@@ -80,7 +81,10 @@ SECTIONS = (
         ("benchmarks/training_speed.py", "throughput", "--threads", "2", "--steps", "4"),
         "Full training steps (patch sampling with the default augmentation, forward, weighted "
         "loss, backward, AdamW) for the default network (depth 4, 16 base channels, 128 px "
-        "patches, batches of 8) and neighbouring sizes; 2 threads.",
+        "patches, batches of 8) and neighbouring sizes; 2 threads. The trainer keeps weights "
+        "and batches channels-last, and on CPUs with native bfloat16 (AVX512-BF16 or AMX) runs "
+        "the forward pass under bfloat16 autocast; the first rows time the default case "
+        "without those, in the same run.",
     ),
     Section(
         "training_recipes",
@@ -110,7 +114,12 @@ SECTIONS = (
         "Megapixels per second of the default model, 2 CPU threads: the plain eager baseline "
         "(`model.eval()`, whole image, float32) against the product's predictor, on a "
         "2048 x 2048 image and a 64 x 1024 x 1024 stack, with the agreement of their results, "
-        "the achieved GFLOP/s and the machine's measured float32 matrix-multiply peak.\n\n"
+        "the achieved GFLOP/s and the machine's measured float32 (and bfloat16) "
+        "matrix-multiply peak. The `precision` lines run the predictor in each precision on "
+        "the same image: `float32` is the plain network's function to float32 rounding, "
+        "`mixed` (the default where the CPU computes bfloat16 natively) runs the levels below "
+        "the two finest in bfloat16, `half` everything (see "
+        "`src/napari_unetkit/precision.py`).\n\n"
         "What the predictor does (see `src/napari_unetkit/inference.py`): an eval copy with "
         "batch norm folded into the convolutions, channels-last (NHWC) feature maps, and no "
         "concatenation (each decoder's first convolution is split into a skip half and an "
@@ -121,8 +130,9 @@ SECTIONS = (
         "1.20x the image's pixels, which a single whole-image tile avoids at twice the working "
         "memory (the `one ... tile` line); the rest is ReLU, pooling, transposed convolutions "
         "and page faults on fresh feature maps. The plain baseline varies more than the "
-        "predictor from run to run (its whole-image maps cost more page faults): on this "
-        "machine the 2048 x 2048 ratio measured 1.82x and 2.02x in two runs of the same code.",
+        "predictor from run to run (its whole-image maps cost more page faults): on a 2-core "
+        "AMD EPYC Zen 3 (AVX2, no bfloat16; 2026-11-25) the float32 predictor's 2048 x 2048 "
+        "ratio measured 1.82x and 2.02x in two runs of the same code.",
         writes_json=True,
     ),
     Section(
@@ -147,7 +157,8 @@ SECTIONS = (
         "predicting a 500-slice stack: no growth from histories, graphs or tensors. (`--quick` "
         "here.) The full run, `python benchmarks/long_run_memory.py` (10,000 steps of 4 "
         "patches of 64 px, validating and saving every 100 steps; 500 slices of 128 x 128 px; "
-        "1 thread), measured on 2026-11-25 on this machine: training took 527 s (53 ms/step) "
+        "1 thread), measured on 2026-11-25 on a 2-core AMD EPYC Zen 3 before training ran "
+        "channels-last and in bfloat16: training took 527 s (53 ms/step) "
         "and its RSS changed by -0.06 MiB per 1,000 steps from step 2,500 to 10,000 (peak "
         "767.8 MiB); prediction grew by 63.9 KiB per slice, the 64.0 KiB of labels being "
         "filled in, so -0.1 KiB per slice beyond its output.",
@@ -246,6 +257,11 @@ def render(records: dict[str, dict], machine_line: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _stored_output(key: str) -> str | None:
+    record = _stored(next(section for section in SECTIONS if section.key == key))
+    return record["output"] if record else None
+
+
 def _json(key: str) -> dict | None:
     path = RESULTS / f"{key}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -272,18 +288,32 @@ def summary() -> list[str]:
                 f"test F1 {r['test_f1']:.3f}; touching pairs merged {r['merged_pairs']} of "
                 f"{r['touching_pairs']}."
             )
+    speed = _stored_output("training_speed")
+    if speed:
+        ratio = [line for line in speed.splitlines() if line.startswith("default case:")]
+        if ratio:
+            lines.append(f"- Training step, {ratio[0].removeprefix('default case: ')}.")
     inference = _json("inference")
     if inference:
         image, stack = inference["image"], inference["stack"]
+        peaks = f"{inference['matmul_gflops_fp32']:.0f} GFLOP/s float32"
+        if "matmul_gflops_bf16" in inference:
+            peaks += f", {inference['matmul_gflops_bf16']:.0f} bfloat16"
         lines.append(
-            f"- Inference ({inference['device']}): {image['speedup']:.2f}x the plain eager "
-            f"network on a {image['side']} x {image['side']} image, "
-            f"{stack['network_speedup']:.2f}x on {stack['side']} x {stack['side']} stack slices "
-            f"(target 2x); probabilities within {image['max_prob_diff_vs_baseline']:.1e}, "
-            f"instance F1 {image['baseline_f1']:.4f} vs {image['predictor_f1']:.4f}; "
+            f"- Inference ({inference['device']}, default precision {image['precision']}): "
+            f"{image['speedup']:.2f}x the plain eager network on a {image['side']} x "
+            f"{image['side']} image, {stack['network_speedup']:.2f}x on {stack['side']} x "
+            f"{stack['side']} stack slices (target 2x); probabilities within "
+            f"{image['max_prob_diff_vs_baseline']:.1e}, instance F1 {image['baseline_f1']:.4f} "
+            f"vs {image['predictor_f1']:.4f}; "
             f"{inference['image_predictor_useful_percent_of_matmul_peak']:.0f} % of the "
-            f"measured matrix-multiply peak ({inference['matmul_gflops_fp32']:.0f} GFLOP/s)."
+            f"measured float32 matrix-multiply peak (peaks: {peaks})."
         )
+        for name, figures in image.get("precisions", {}).items():
+            lines.append(
+                f"  - precision {name}: {figures['speedup']:.2f}x plain, probabilities within "
+                f"{figures['max_prob_diff_vs_baseline']:.1e}, instance F1 {figures['f1']:.4f}."
+            )
         whole = image.get("one_tile")
         if whole:
             lines.append(
