@@ -11,6 +11,7 @@ from napari_unetkit.inference import (
     fold_all_batch_norms,
     fold_batch_norm,
     inference_copy,
+    max_pool_2x2,
     split_input_channels,
     state_fingerprint,
 )
@@ -285,3 +286,16 @@ def test_predictor_keeps_its_copy_while_the_model_is_unchanged():
     with torch.no_grad():
         model.head.bias.add_(0.5)
     assert predictor._network() is not first
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_max_pool_2x2_equals_torch_max_pooling(dtype, channels_last):
+    x = torch.randn(2, 8, 32, 18, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0, 0, :2, :2] = float("-inf")  # a block that is all -inf stays -inf
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pooled = max_pool_2x2(x)
+    assert torch.equal(pooled, torch.nn.functional.max_pool2d(x, 2))
+    assert pooled.dtype == dtype
+    assert pooled.is_contiguous(memory_format=torch.channels_last) == channels_last
