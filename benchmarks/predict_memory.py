@@ -98,6 +98,13 @@ class PeakSampler:
         self.peak = max(self.peak, rss_bytes())
 
 
+def torch_import_rss_mib() -> float:
+    """Resident memory of a fresh Python process that only imports torch (its own footprint)."""
+    code = "import torch; print(open('/proc/self/statm').read().split()[1])"
+    pages = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(pages.stdout.split()[-1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="an 8 x 1024 x 1024 stack")
@@ -182,7 +189,14 @@ def main() -> None:
     }
     full = peak + untouched
     print(f"  predicted in {seconds:.0f} s ({seconds / len(slices):.1f} s per slice)")
+    build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    figures["torch_import_rss_mib"] = torch_import_rss_mib()
+    figures["torch_cuda_build"] = torch.version.cuda is not None
     print(f"  RSS before the input {baseline / MIB:.0f} MiB (Python, torch, the model)")
+    print(
+        f"  of which importing torch alone: {figures['torch_import_rss_mib']:.0f} MiB "
+        f"(torch {torch.__version__}, {build})"
+    )
     print(
         f"  peak RSS {peak / MIB:.0f} MiB = baseline + input {input_bytes / MIB:.0f} + labels "
         f"written {touched / MIB:.0f} + working set {figures['working_set_mib']:.0f} MiB"

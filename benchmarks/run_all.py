@@ -84,7 +84,10 @@ SECTIONS = (
         "patches, batches of 8) and neighbouring sizes; 2 threads. The trainer keeps weights "
         "and batches channels-last, and on CPUs with native bfloat16 (AVX512-BF16 or AMX) runs "
         "the forward pass under bfloat16 autocast; the first rows time the default case "
-        "without those, in the same run.",
+        "without those, in the same run. Importing the package asks PyTorch for transparent "
+        "huge pages (see `src/napari_unetkit/__init__.py`), which slowed the NCHW float32 "
+        "step (181-192 ms without, 221-259 ms with, on 2026-12-01) but not the trainer's "
+        "channels-last steps.",
     ),
     Section(
         "training_recipes",
@@ -125,11 +128,17 @@ SECTIONS = (
         "concatenation (each decoder's first convolution is split into a skip half and an "
         "up-sampled half whose outputs are added in place); tiles of up to 1024 px with exact "
         "96 px halos; reading, normalising and post-processing of neighbouring slices "
-        "overlapped with the network. What limits it: the 3x3 convolutions already run near "
-        "the matrix-multiply peak; on a 2048 x 2048 image the halos make the tiles compute "
+        "overlapped with the network; with `precision` mixed, levels 2 and coarser stored and "
+        "computed in bfloat16; transparent huge pages for large tensors, which the package "
+        "requests before torch is imported (the plain baseline in the same process gets them "
+        "too). What limits it: with mixed precision the two float32 levels take most of the "
+        "time (a profile of a 1024 x 1024 tile on 2026-12-01: the full-resolution float32 "
+        "convolutions 55 %, their 16 channels running at 140-200 GFLOP/s against 290 for the "
+        "32 channels of level 1), and keeping them float32 is what holds the probabilities "
+        "within 0.01 (see `precision.py`); on a 2048 x 2048 image the halos make the tiles compute "
         "1.20x the image's pixels, which a single whole-image tile avoids at twice the working "
-        "memory (the `one ... tile` line); the rest is ReLU, pooling, transposed convolutions "
-        "and page faults on fresh feature maps. The plain baseline varies more than the "
+        "memory (the `one ... tile` line); the rest is ReLU, pooling and transposed "
+        "convolutions. The plain baseline varies more than the "
         "predictor from run to run (its whole-image maps cost more page faults): on a 2-core "
         "AMD EPYC Zen 3 (AVX2, no bfloat16; 2026-11-25) the float32 predictor's 2048 x 2048 "
         "ratio measured 1.82x and 2.02x in two runs of the same code.",
@@ -142,11 +151,17 @@ SECTIONS = (
         "Peak resident memory while predicting a 64 x 2048 x 2048 uint16 stack (512 MiB) into "
         "instance labels, against the budget input + output + 1 GiB. The model is trained in "
         "a child process and loaded from its file, so the process holds what a user's "
-        "prediction holds. Of the 1 GiB, importing torch (a CUDA build) takes about 480 MiB "
-        "before any work. The working set is one tile's activations (at most three "
+        "prediction holds. Of the 1 GiB, importing torch takes a large part before any work "
+        "(printed below). The working set is one tile's activations (at most three "
         "full-resolution maps at once, about 240 MiB for a 1120 px tile), two normalised "
         "slices, two foreground-probability slices and the post-processing of one slice; the "
-        "C heaps return their free pages between slices.",
+        "C heaps return their free pages between slices. How much the import of torch itself "
+        "holds depends on the build and the machine: on 2026-12-01, on the machine of the run "
+        "below, torch 2.14.1's CUDA build (what `pip install` picks on Linux) held 640 MiB "
+        "(286 MiB anonymous, 370 MiB file-backed), and PyTorch's CPU-only build 2.13.0 (the "
+        "README's advice for machines without a GPU) 218 MiB, with which the same benchmark "
+        "peaked at 2265 MiB for the whole process (baseline 298 MiB, working set 432 MiB), "
+        "below the budget.",
         writes_json=True,
     ),
     Section(
@@ -331,8 +346,10 @@ def summary() -> list[str]:
             f"into int32 instance labels: the whole process peaks at {full:.0f} MiB (projected "
             f"for all slices), {verdict} the budget input + output + 1 GiB = "
             f"{memory['budget_mib']:.0f} MiB; of the 1 GiB, {memory['baseline_rss_mib']:.0f} "
-            f"MiB is Python, torch and the model before any work, "
-            f"{memory['working_set_mib']:.0f} MiB the prediction's working set."
+            f"MiB is Python, torch and the model before any work (importing torch alone: "
+            f"{memory.get('torch_import_rss_mib', float('nan')):.0f} MiB), "
+            f"{memory['working_set_mib']:.0f} MiB the prediction's working set; peak minus "
+            f"that start {full - memory['baseline_rss_mib']:.0f} MiB."
         )
     return lines + [""] if len(lines) > 2 else []
 
