@@ -84,6 +84,14 @@ def test_train_then_predict(nuclei, capsys):
                  "mirror", "--device", "cpu"]) == 0  # fmt: skip
     engine = Predictor.from_file(folder / "cells.unet", device="cpu", border="mirror")
     np.testing.assert_array_equal(tifffile.imread(mirrored), engine.predict(image).labels)
+    for precision in ("float32", "half"):
+        written = folder / f"prob_{precision}.tif"
+        assert main([*predict, str(folder / "image.tif"), "--out", str(folder / "p.tif"),
+                     "--overwrite", "--probabilities", str(written), "--precision", precision,
+                     "--device", "cpu"]) == 0  # fmt: skip
+        engine = Predictor.from_file(folder / "cells.unet", device="cpu", precision=precision)
+        expected = engine.predict(image, return_probabilities=True).probabilities
+        np.testing.assert_array_equal(tifffile.imread(written), expected)
 
 
 def test_bad_model_file_is_one_line_without_traceback(nuclei, capsys):
