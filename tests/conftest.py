@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +14,12 @@ def _isolated_widget_settings(tmp_path, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny tensors (no oversubscription stalls when shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

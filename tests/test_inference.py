@@ -19,14 +19,7 @@ from napari_unetkit.model import UNet, UNetConfig
 from napari_unetkit.normalization import NormalizationSettings
 from napari_unetkit.prediction import Predictor
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids oversubscription stalls on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def description(config: UNetConfig) -> dict:

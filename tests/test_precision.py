@@ -18,12 +18,7 @@ CPU = torch.device("cpu")
 F32, BF16 = torch.float32, torch.bfloat16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -109,17 +109,11 @@ def tile_count(predictor: Predictor, image_cyx: np.ndarray) -> int:
     return calls[-1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(_one_thread) -> UNet:
+def trained(single_thread) -> UNet:
     """A depth-3 U-Net trained for 30 Adam steps (plain cross-entropy) on synthetic nuclei."""
     torch.manual_seed(0)
     model = UNet(UNetConfig(depth=3, base_channels=8, dropout=0.0))
