@@ -196,9 +196,14 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    from napari_unetkit.precision import cpu_has_native_bfloat16
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    capability = torch.backends.cpu.get_cpu_capability()
+    bf16 = "native bfloat16" if cpu_has_native_bfloat16() else "no native bfloat16"
     return (
-        f"{cpu}, {os.cpu_count()} logical cores, {gpu}; Python {platform.python_version()}, "
+        f"{cpu} ({capability} kernels, {bf16}), {os.cpu_count()} logical cores, {gpu}; "
+        f"Python {platform.python_version()}, "
         f"torch {torch.__version__}, {platform.system()} {platform.release()}"
     )
 
