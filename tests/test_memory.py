@@ -47,15 +47,16 @@ tensor = torch.ones(64 * 2**20, dtype=torch.uint8)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 print(os.environ["THP_MEM_ALLOC_ENABLE"], after - before)
 """
-THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
-def huge_pages_possible() -> bool:
+def huge_page_mode() -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise", "never"), None if unknown."""
     try:
-        with open(THP_MODE) as handle:
-            return "[never]" not in handle.read()
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as handle:
+            text = handle.read()
     except OSError:
-        return False
+        return None
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
 
 
 def probe_huge_pages(env_value: str | None) -> tuple[str, int]:
@@ -71,15 +72,18 @@ def probe_huge_pages(env_value: str | None) -> tuple[str, int]:
     return setting, int(faults)
 
 
-@pytest.mark.skipif(not huge_pages_possible(), reason="transparent huge pages are off here")
+@pytest.mark.skipif(
+    huge_page_mode() not in ("always", "madvise"), reason="transparent huge pages are off here"
+)
 def test_importing_the_package_first_gives_large_tensors_huge_pages():
     setting, faults = probe_huge_pages(None)
     assert setting == "1"
-    assert faults < 4096  # 64 MiB in 4 KiB pages would take 16,384
+    assert faults < 8192  # 64 MiB in 4 KiB pages would take 16,384
 
 
-@pytest.mark.skipif(not huge_pages_possible(), reason="transparent huge pages are off here")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PyTorch's THP is Linux-only")
 def test_the_users_huge_page_setting_wins():
     setting, faults = probe_huge_pages("0")
     assert setting == "0"
-    assert faults >= 16384
+    if huge_page_mode() == "madvise":  # huge pages only where asked for: here they are not
+        assert faults >= 16384
