@@ -321,7 +321,11 @@ def summary() -> list[str]:
         image, stack = inference["image"], inference["stack"]
         peaks = f"{inference['matmul_gflops_fp32']:.0f} GFLOP/s float32"
         if "matmul_gflops_bf16" in inference:
-            peaks += f", {inference['matmul_gflops_bf16']:.0f} bfloat16"
+            share = 100 * image["predictor_gflops_useful"] / inference["matmul_gflops_bf16"]
+            peaks += (
+                f", {inference['matmul_gflops_bf16']:.0f} bfloat16, of which the predictor "
+                f"reaches {share:.0f} %"
+            )
         lines.append(
             f"- Inference ({inference['device']}, default precision {image['precision']}): "
             f"{image['speedup']:.2f}x the plain eager network on a {image['side']} x "
