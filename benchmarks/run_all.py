@@ -315,7 +315,10 @@ def summary() -> list[str]:
     if speed:
         ratio = [line for line in speed.splitlines() if line.startswith("default case:")]
         if ratio:
-            lines.append(f"- Training step, {ratio[0].removeprefix('default case: ')}.")
+            lines.append(
+                f"- Training: {ratio[0].removeprefix('default case: ')} (which huge pages slow "
+                "somewhat; see the section)."
+            )
     inference = _json("inference")
     if inference:
         image, stack = inference["image"], inference["stack"]
