@@ -135,16 +135,19 @@ SECTIONS = (
         "time (a profile of a 1024 x 1024 tile on 2026-12-01: the full-resolution float32 "
         "convolutions 55 %, their 16 channels running at 140-200 GFLOP/s against 290 for the "
         "32 channels of level 1), and keeping them float32 is what holds the probabilities "
-        "within 0.01 (see `precision.py`); on a 2048 x 2048 image the halos make the tiles compute "
-        "1.20x the image's pixels, which a single whole-image tile avoids at twice the working "
-        "memory (the `one ... tile` line); the rest is ReLU, pooling and transposed "
-        "convolutions. The plain baseline varies more than the "
+        "within about 0.01 (see `precision.py`); the plain baseline itself runs close to the "
+        "measured float32 matrix-multiply peak once huge pages spare it the page faults, so "
+        "float32 alone cannot be much faster; on a 2048 x 2048 image the halos make the tiles "
+        "compute 1.20x the image's pixels, which a single whole-image tile avoids at twice "
+        "the working memory (the `one ... tile` line); the rest is ReLU, pooling and "
+        "transposed convolutions. The plain baseline varies more than the "
         "predictor from run to run (its whole-image maps cost more page faults): on a 2-core "
         "AMD EPYC Zen 3 (AVX2, no bfloat16; 2026-11-25) the float32 predictor's 2048 x 2048 "
-        "ratio measured 1.82x and 2.02x in two runs of the same code; on the Zen 5 of the run "
-        "below (2026-12-01) two full runs of the default (mixed) predictor measured 2.43x and "
-        "2.24x on the image and 2.19x and 1.73x on the stack slices, the plain call of one "
-        "1024 x 1024 slice taking 0.6 to 1.9 s from one call to the next.",
+        "ratio measured 1.82x and 2.02x in two runs of the same code. On the Zen 5 of the run "
+        "below (2026-12-01), the plain call of one 1024 x 1024 slice took 0.6 to 1.9 s from "
+        "one call to the next; two full runs that timed each stack slice once measured the "
+        "default (mixed) predictor at 2.43x and 2.24x on the image and 2.19x and 1.73x on the "
+        "stack slices; the run below keeps the fastest of two calls per slice for both.",
         writes_json=True,
     ),
     Section(

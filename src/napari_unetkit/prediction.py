@@ -36,7 +36,7 @@ The network
 Precision
     ``precision="auto"`` (default) runs the coarse levels in 16 bits where the hardware does
     that natively (CUDA; CPUs with AVX512-BF16 or AMX) and everything in float32 elsewhere; see
-    :mod:`napari_unetkit.precision` for the measured accuracy (probabilities within 0.01 of
+    :mod:`napari_unetkit.precision` for the measured accuracy (probabilities within about 0.01 of
     float32, the same instances) and speed. ``"float32"`` reproduces the plain network to
     float32 rounding on every machine.
 
