@@ -64,7 +64,7 @@ from napari_unetkit.metrics import evaluate
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.postprocess import instances_from_probabilities
-from napari_unetkit.precision import cpu_has_native_bfloat16, reduced_dtype
+from napari_unetkit.precision import computes_16bit_natively, reduced_dtype
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.synthetic import synthetic_nuclei
 from napari_unetkit.training import TrainConfig, train
@@ -309,15 +309,10 @@ def single_image(
     return result
 
 
-def native_reduced_precision(device: torch.device) -> bool:
-    """Whether 16-bit levels run natively here (else they are emulated, slower than float32)."""
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
-
-
 def precisions(model, description, device, normalised: np.ndarray, plain, truth) -> dict:
     """Each explicit precision of the Predictor on the image: time, agreement, instance F1."""
     names = ["float32"]
-    if native_reduced_precision(device):
+    if computes_16bit_natively(device):
         names += ["mixed", "half"]
     else:
         print(f"  (no native {reduced_dtype(device)} on this device: float32 only)")
@@ -534,7 +529,7 @@ def main() -> None:
     n = 8192 if device.type == "cuda" else 4096
     figures["matmul_gflops_fp32"] = matmul_peak(device, n)
     line = f"matmul peak (float32, {n} x {n}): {figures['matmul_gflops_fp32']:.1f} GFLOP/s"
-    if native_reduced_precision(device):
+    if computes_16bit_natively(device):
         figures["matmul_gflops_bf16"] = matmul_peak(device, n, torch.bfloat16)
         line += f", bfloat16 {figures['matmul_gflops_bf16']:.1f}"
     print(line)

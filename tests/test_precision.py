@@ -89,10 +89,11 @@ def test_half_copy_computes_in_bfloat16_and_is_close_to_float32():
     torch.manual_seed(0)
     model = UNet(UNetConfig(depth=2, base_channels=4)).eval()
     x = torch.rand(1, 1, 32, 32)
+    net = inference_copy(model, CPU, "half")
     with torch.inference_mode():
-        half = inference_copy(model, CPU, "half")(x)
+        half = net(x)
         exact = model(x)
-    assert parameter_dtypes(inference_copy(model, CPU, "half")) == {BF16}
+    assert parameter_dtypes(net) == {BF16}
     assert half.dtype == BF16
     difference = (half.float() - exact).abs().max().item()
     assert 0 < difference < 0.05 * exact.abs().max().item()

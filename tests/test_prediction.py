@@ -543,7 +543,6 @@ def test_mixed_precision_keeps_probabilities_within_0_01_and_the_instances(train
     image = normalised_nuclei((192, 160), seed=9)
     probs = precision_predictions(trained, image)
     exact, mixed = probs["float32"], probs["mixed"]
-    print({k: float(np.abs(v - exact).max()) for k, v in probs.items()})
     assert mixed.dtype == np.float32
     # bfloat16 really ran (the result is not float32's), and it stayed within 0.01.
     assert 0 < np.abs(mixed - exact).max() <= 0.01

@@ -431,9 +431,9 @@ def test_cpu_bfloat16_autocast_when_asked(prepared):
 def test_cpu_mixed_precision_defaults_follow_native_bfloat16(
     monkeypatch, amp, amp_dtype, native, expected
 ):
-    from napari_unetkit import training
+    from napari_unetkit import precision, training
 
-    monkeypatch.setattr(training, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: native)
     config = tiny(amp=amp, amp_dtype=amp_dtype)
     assert training.amp_settings(config, torch.device("cpu")) == (expected is not None, expected)
 

@@ -36,6 +36,8 @@ from typing import Literal
 
 import torch
 
+from napari_unetkit.device import autocast_dtype
+
 Precision = Literal["auto", "float32", "mixed", "half"]
 #: Accepted precision names, ``"auto"`` first.
 PRECISIONS = ("auto", "float32", "mixed", "half")
@@ -67,6 +69,15 @@ def cpu_has_native_bfloat16() -> bool:
     return False
 
 
+def computes_16bit_natively(device: torch.device) -> bool:
+    """Whether ``device`` computes 16-bit floats natively: CUDA, or a CPU with native bfloat16.
+
+    Elsewhere 16-bit arithmetic is emulated (slower than float32), so neither prediction's
+    ``"auto"`` precision nor training's default autocast uses it there.
+    """
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
+
+
 def reduced_dtype(device: torch.device) -> torch.dtype:
     """Return the 16-bit float type that ``"mixed"`` and ``"half"`` use on ``device``.
 
@@ -75,8 +86,8 @@ def reduced_dtype(device: torch.device) -> torch.dtype:
     """
     if device.type == "cpu":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    if device.type == "cuda":
+        return autocast_dtype(device)  # training's choice: bfloat16 where supported
     return torch.float16
 
 
@@ -86,8 +97,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     Parameters
     ----------
     precision : {"auto", "float32", "mixed", "half"}
-        ``"auto"``: ``"mixed"`` on CUDA and on CPUs with native bfloat16
-        (:func:`cpu_has_native_bfloat16`), else ``"float32"``. ``"float32"``: everything in
+        ``"auto"``: ``"mixed"`` where :func:`computes_16bit_natively` (CUDA, CPUs with
+        native bfloat16), else ``"float32"``. ``"float32"``: everything in
         float32. ``"mixed"``: the two finest levels (and the output layer) in float32, the
         coarser levels and the bottleneck in :func:`reduced_dtype`; probabilities stay within
         about 0.01 of float32 (see the module docstring). ``"half"``: the whole network in
@@ -112,9 +123,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     precision = precision.strip().lower()
     if precision != "auto":
         return precision
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16()):
-        return "mixed"
-    return "float32"
+    return "mixed" if computes_16bit_natively(device) else "float32"
 
 
 def level_dtypes(depth: int, precision: str, reduced: torch.dtype) -> list[torch.dtype]:

@@ -51,7 +51,7 @@ from napari_unetkit.losses import LOSSES, training_loss
 from napari_unetkit.model import UNet, UNetConfig
 from napari_unetkit.modelfile import load_model, read_description, save_model
 from napari_unetkit.normalization import NormalizationSettings
-from napari_unetkit.precision import cpu_has_native_bfloat16
+from napari_unetkit.precision import computes_16bit_natively
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.weightmap import PRESETS, WeightMapSettings
@@ -1236,10 +1236,7 @@ def amp_settings(config: TrainConfig, device: torch.device) -> tuple[bool, torch
     dtype : torch.dtype or None
         The autocast type (``None`` when disabled).
     """
-    if config.amp is None:
-        enabled = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
-    else:
-        enabled = bool(config.amp)
+    enabled = computes_16bit_natively(device) if config.amp is None else bool(config.amp)
     requested = config.amp_dtype
     if requested is None and device.type == "cpu":
         requested = "bf16"  # the only reduced type CPU autocast computes quickly
