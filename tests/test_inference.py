@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_unetkit.fused_layers import ConvReLU, UpsamplingConv, UpThenConv
 from napari_unetkit.inference import (
     fold_all_batch_norms,
     fold_batch_norm,
@@ -164,13 +165,35 @@ def test_inference_copy_matches_the_plain_model(options):
         assert norms == []  # all folded
     elif config.norm == "group":
         assert len(norms) == 2 * (2 * config.depth + 1)  # left alone
-    assert fast.encoders[0][3].weight.is_contiguous(memory_format=torch.channels_last)
-    assert not fast.encoders[0][3].weight.is_contiguous()
+    second_conv = [m for m in fast.encoders[0].modules() if isinstance(m, nn.Conv2d)][1]
+    assert second_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not second_conv.weight.is_contiguous()
+    # Every convolution followed by a ReLU (no group norm in between) applies it itself.
+    conv_relus = [m for m in fast.modules() if isinstance(m, ConvReLU)]
+    relus = [m for m in fast.modules() if isinstance(m, nn.ReLU)]
+    if config.norm == "group":
+        assert conv_relus == [] and len(relus) == 2 * (2 * config.depth + 1)
+    else:
+        # two per encoder and bottleneck, one per decoder (its first ReLU follows the sum)
+        assert len(conv_relus) == 2 * (config.depth + 1) + config.depth
+        assert len(relus) == config.depth
     assert not any(isinstance(m, nn.Dropout) for m in fast.modules())
-    # No decoder reads a concatenation: its first convolution is split in two.
+    # No decoder reads a concatenation: its first convolution is split in two, and the half
+    # over the up-sampled features is fused with a transposed-convolution up-sampling.
     for level, (skip_conv, up_conv) in enumerate(zip(fast.skip_convs, fast.up_convs, strict=True)):
-        assert skip_conv.in_channels == up_conv.in_channels == config.channels(level)
-        assert (skip_conv.bias is not None) == (config.norm != "group") and up_conv.bias is None
+        assert skip_conv.in_channels == config.channels(level)
+        assert (skip_conv.bias is not None) == (config.norm != "group")
+        if config.upsampling == "transpose":
+            assert isinstance(up_conv, UpsamplingConv)
+            assert up_conv.weight.shape == (
+                4 * config.channels(level),
+                config.channels(level + 1),
+                2,
+                2,
+            )
+        else:
+            assert isinstance(up_conv, UpThenConv)
+            assert up_conv.conv.in_channels == config.channels(level) and up_conv.conv.bias is None
 
 
 def test_inference_copy_leaves_the_model_alone():

@@ -76,7 +76,7 @@ def test_mixed_copy_stores_each_level_in_its_type_and_leaves_the_model_alone():
     assert isinstance(net, InferenceUNet)
     assert net.dtypes == [F32, F32, BF16, BF16]
     for level, dtype in enumerate(net.dtypes[:-1]):
-        for modules in (net.encoders, net.ups, net.skip_convs, net.up_convs, net.decoders):
+        for modules in (net.encoders, net.skip_convs, net.up_convs, net.decoders):
             assert parameter_dtypes(modules[level]) == {dtype}
     assert parameter_dtypes(net.bottleneck) == {BF16}
     assert parameter_dtypes(net.head) == {F32}

@@ -21,6 +21,14 @@ faster:
   and adds the convolution of the up-sampled features in place. The concatenated map (twice
   the size of either input) is never allocated: 1.12x faster on a 1120 x 1120 tile, and at
   most three maps of the finest level are alive at once instead of five;
+- **no up-sampled map** at float32 levels (:class:`~napari_unetkit.fused_layers.UpsamplingConv`):
+  the 2x2 stride-2 transposed convolution and the 3x3 convolution of its output are both
+  linear, so they are one 2x2 convolution of the coarse map with four times the output
+  channels (one block per output phase), whose blocks are interleaved into the decoder's map by
+  four strided additions; at most two maps of the finest level are alive at once;
+- **ReLU applied by the convolution** (:class:`~napari_unetkit.fused_layers.ConvReLU`): on a
+  CPU oneDNN rectifies each convolution's output as it writes it, instead of a second pass over
+  the map;
 - **16-bit coarse levels** (``precision="mixed"``, see :mod:`napari_unetkit.precision`): the
   levels from 2 down and the bottleneck run in bfloat16 (float16 on older GPUs) with their
   weights stored in that type, the two finest levels and the output layer in float32; each
@@ -58,7 +66,15 @@ spent on page faults about threefold for both the plain and the optimised model.
 
 On an AMD EPYC Zen 5 (AVX-512 with AVX512-BF16, 2 threads) the float32 copy ran 2.8-3.3x
 faster than the plain model on a whole 2048 x 2048 image, ``"mixed"`` another 1.2x and
-``"half"`` another 1.9-2.0x (accuracy in :mod:`napari_unetkit.precision`).
+``"half"`` another 1.9-2.0x (accuracy in :mod:`napari_unetkit.precision`). There the fused
+up-sampling made the fused levels' up-sampling paths 1.2-1.45x faster (1.06x at the 32-channel
+level); in bfloat16 it was slower (PyTorch's strided bfloat16 additions run 8x slower than
+float32 ones), so 16-bit levels keep the two layers. With the fused ReLU as well, a 1120 x 1120
+tile took 0.90-0.91x the time in float32 and mixed precision (best of 25 alternating calls).
+On that machine oneDNN's float32 convolutions reach 420-460 GFLOP/s (a 1x1 convolution of 1024
+channels, 3x3 ones of 64-256 channels) while ``torch.mm`` (MKL, which does not use AVX-512 on
+AMD processors) reaches 190: the 16-channel 3x3 convolutions of the finest level run at about
+300, two thirds of that peak.
 """
 
 from __future__ import annotations
@@ -69,6 +85,7 @@ import itertools
 import torch
 from torch import nn
 
+from napari_unetkit.fused_layers import fuse_conv_relu, upsampling_conv
 from napari_unetkit.model import UNet, pad_to_multiple
 from napari_unetkit.precision import level_dtypes, reduced_dtype
 
@@ -325,9 +342,11 @@ class InferenceUNet(nn.Module):
     Same outputs as the network it is built from in eval mode (dropout is the identity, up to
     float rounding), without concatenations: the first convolution of every decoder is split
     (:func:`split_input_channels`) into ``skip_convs[level]`` over the skip features (with the
-    bias) and ``up_convs[level]`` over the up-sampled features, whose output is added in
-    place. Every feature map is released right after its last use. Built by
-    :func:`inference_copy`; it takes over the modules of ``net``, which should be a copy.
+    bias) and a convolution over the up-sampled features, which ``up_convs[level]`` (see
+    :func:`upsampling_conv`) computes from the coarser features, fused with the transposed
+    convolution where the network up-samples by one, and adds in place. Every feature map is
+    released right after its last use. Built by :func:`inference_copy`; it takes over the
+    modules of ``net``, which should be a copy.
 
     Parameters
     ----------
@@ -347,11 +366,10 @@ class InferenceUNet(nn.Module):
         self.dtypes = list(dtypes) if dtypes is not None else [torch.float32] * (depth + 1)
         if len(self.dtypes) != depth + 1:
             raise ValueError(f"Expected {depth + 1} level dtypes, got {len(self.dtypes)}.")
-        self.encoders = net.encoders
+        self.encoders = nn.ModuleList(fuse_conv_relu(encoder) for encoder in net.encoders)
         if not (isinstance(net.pool, nn.MaxPool2d) and net.pool.kernel_size in (2, (2, 2))):
             raise ValueError("InferenceUNet expects the U-Net's 2x2 max-pooling.")
-        self.bottleneck = net.bottleneck
-        self.ups = net.ups
+        self.bottleneck = fuse_conv_relu(net.bottleneck)
         self.skip_convs, self.up_convs, self.decoders = (
             nn.ModuleList(),
             nn.ModuleList(),
@@ -361,12 +379,12 @@ class InferenceUNet(nn.Module):
             first, *rest = list(decoder)
             skip_conv, up_conv = split_input_channels(first, self.config.channels(level))
             self.skip_convs.append(skip_conv)
-            self.up_convs.append(up_conv)
-            self.decoders.append(nn.Sequential(*rest))
+            self.up_convs.append(upsampling_conv(net.ups[level], up_conv, self.dtypes[level]))
+            self.decoders.append(fuse_conv_relu(nn.Sequential(*rest)))
         self.head = net.head
         self.train(net.training)
         for level in range(depth):
-            for modules in (self.encoders, self.ups, self.skip_convs, self.up_convs, self.decoders):
+            for modules in (self.encoders, self.skip_convs, self.up_convs, self.decoders):
                 modules[level].to(self.dtypes[level])
         self.bottleneck.to(self.dtypes[depth])
         self.head.to(self.dtypes[0])
@@ -383,14 +401,11 @@ class InferenceUNet(nn.Module):
             x = max_pool_2x2(x)  # sizes are multiples of 2**depth (pad_to_multiple)
         x = self.bottleneck(x.to(dtypes[-1]))
         for level in reversed(range(self.config.depth)):
-            # W [skip; up] = W_skip skip + W_up up. The order keeps at most three maps of this
-            # level alive: the skip features go as soon as they are convolved, the coarser
-            # features as soon as they are up-sampled.
+            # W [skip; up] = W_skip skip + W_up up(x). The skip features go as soon as they are
+            # convolved; with a fused up-sampling at most two maps of this level are alive.
             out = self.skip_convs[level](skips.pop())
-            up = self.ups[level](x.to(dtypes[level]))
+            out = self.up_convs[level](x.to(dtypes[level]), out)
             del x
-            out += self.up_convs[level](up)
-            del up
             x = self.decoders[level](out)
             del out
         logits = self.head(x)
