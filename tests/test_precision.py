@@ -55,12 +55,13 @@ def test_cpus_use_bfloat16():
     assert reduced_dtype(CPU) == BF16
 
 
-def test_level_dtypes_keep_the_two_finest_levels_float32():
+def test_level_dtypes_keep_the_three_finest_levels_float32():
     assert level_dtypes(4, "float32", BF16) == [F32] * 5
-    assert level_dtypes(4, "mixed", BF16) == [F32, F32, BF16, BF16, BF16]
+    assert level_dtypes(4, "mixed", BF16) == [F32, F32, F32, BF16, BF16]
     assert level_dtypes(4, "half", BF16) == [BF16] * 5
-    # depth 1: level 0 and the bottleneck (level 1) are the two finest levels
-    assert level_dtypes(1, "mixed", BF16) == [F32, F32]
+    # depth 2: levels 0, 1 and the bottleneck (level 2) are the three finest levels
+    assert level_dtypes(2, "mixed", BF16) == [F32, F32, F32]
+    assert level_dtypes(3, "mixed", BF16) == [F32, F32, F32, BF16]
     with pytest.raises(ValueError, match="Unresolved precision"):
         level_dtypes(4, "auto", BF16)
 
@@ -71,10 +72,10 @@ def parameter_dtypes(modules) -> set:
 
 def test_mixed_copy_stores_each_level_in_its_type_and_leaves_the_model_alone():
     torch.manual_seed(0)
-    model = UNet(UNetConfig(depth=3, base_channels=4)).eval()
+    model = UNet(UNetConfig(depth=4, base_channels=4)).eval()
     net = inference_copy(model, CPU, "mixed")
     assert isinstance(net, InferenceUNet)
-    assert net.dtypes == [F32, F32, BF16, BF16]
+    assert net.dtypes == [F32, F32, F32, BF16, BF16]
     for level, dtype in enumerate(net.dtypes[:-1]):
         for modules in (net.encoders, net.skip_convs, net.up_convs, net.decoders):
             assert parameter_dtypes(modules[level]) == {dtype}

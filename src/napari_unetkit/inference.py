@@ -30,8 +30,8 @@ faster:
   CPU oneDNN rectifies each convolution's output as it writes it, instead of a second pass over
   the map;
 - **16-bit coarse levels** (``precision="mixed"``, see :mod:`napari_unetkit.precision`): the
-  levels from 2 down and the bottleneck run in bfloat16 (float16 on older GPUs) with their
-  weights stored in that type, the two finest levels and the output layer in float32; each
+  levels from 3 down and the bottleneck run in bfloat16 (float16 on older GPUs) with their
+  weights stored in that type, the three finest levels and the output layer in float32; each
   level casts its input to its own type. ``"half"`` runs every level in 16 bits.
 
 The original model is never modified (a trainer validates with a predictor built on the model

@@ -1,29 +1,32 @@
 """Numeric precision of prediction: float32, mixed (coarse levels in 16 bits) or all 16-bit.
 
-A U-Net's coarse levels are where 16-bit floats pay: they hold most of the channels, and their
-features are smooth enough that bfloat16's 8-bit mantissa changes little. The finest levels see
-the image itself, where rounding the input and the first feature maps to 8 bits moves the
-probabilities of pixels near the decision boundary. Measured with three default networks
-(depth 4, 16 base channels) trained for 20, 45 and 90 s on synthetic nuclei, on a
-2048 x 2048 image, against the plain float32 network (largest probability difference, instance
-F1 at IoU 0.5):
+A U-Net's coarse levels are where 16-bit floats pay: they hold most of the channels and the
+multiply-accumulates per pixel that are cheapest to speed up. But rounding a level's weights to
+bfloat16's 8-bit mantissa perturbs the network itself, and the finer the level, the more
+directly that shows in the probabilities of pixels near the decision boundary: rounding only
+the weights of levels 2 and below (computing in float32) moved the probabilities about as much
+as computing those levels in bfloat16 (0.0143 against 0.0138, and 0.0093 against 0.0127, on
+two networks), so the weights, not the feature maps, carry most of the error. Measured with
+five default networks (depth 4, 16 base channels) trained for 25 to 120 s on synthetic nuclei
+with different seeds, on two 2048 x 2048 images each, against the float32 network (largest
+probability difference over the image), and the speed of a 1120 x 1120 tile against float32
+(best of 20 alternating calls):
 
-============================== ================ ======================== ==================
-levels in float32              max |diff|       instance F1              speed vs float32
-============================== ================ ======================== ==================
-all (``"float32"``)            2e-6             unchanged                1.00x
-0 and 1 (``"mixed"``)          0.0044-0.0071    unchanged (all three)    1.19-1.22x
-0 and 1, encoders only         0.012-0.014      -0.0006 to 0             1.49-1.54x
-0 only                         0.011-0.021      -0.0007 to 0             1.1-1.4x
-none (``"half"``)              0.042-0.092      -0.0007 to +0.0001       1.9-2.0x
-============================== ================ ======================== ==================
+============================== ================ ==================
+levels in float32              max |diff|       speed vs float32
+============================== ================ ==================
+all (``"float32"``)            2e-6 to 4e-6     1.00x
+0 to 3 (bottleneck in 16 bits) 0.0009-0.0010    1.04x
+0 to 2 (``"mixed"``)           0.0022-0.0082    1.12x
+0 and 1                        0.0051-0.0155    1.29x
+none (``"half"``)              0.029-0.092      1.85x
+============================== ================ ==================
 
-(AMD EPYC Zen 5 with AVX512-BF16, 2 threads, oneDNN through PyTorch 2.14.) On 1024 x 1024
-slices the same three networks gave 0.003-0.0074 with ``"mixed"`` (no pixel off by more than
-0.01); the largest difference seen in any run was 0.012, on one slice with another briefly
-trained network. ``"mixed"`` is therefore the precision that keeps probabilities within about
-0.01 of float32 and the instances unchanged (in every measurement so far); ``"half"`` is the
-fastest, for users who accept small probability changes.
+(AMD EPYC Zen 5 with AVX512-BF16, 2 threads, oneDNN through PyTorch 2.14, 2026-12-01.)
+Keeping only levels 0 and 1 in float32 (what ``"mixed"`` was until then, measured then at
+0.0044-0.0071 on three networks) went over 0.01 on four of the five networks. ``"mixed"`` is the
+split that kept every probability within 0.01 of float32 in all ten measurements, with room to
+spare; ``"half"`` is the fastest, for users who accept probability changes of a few percent.
 
 Without native bfloat16 arithmetic (AVX512-BF16 or AMX) a CPU emulates it, which is slower than
 float32, so ``"auto"`` uses float32 there.
@@ -42,7 +45,7 @@ Precision = Literal["auto", "float32", "mixed", "half"]
 #: Accepted precision names, ``"auto"`` first.
 PRECISIONS = ("auto", "float32", "mixed", "half")
 #: Levels (0 = full resolution) that stay float32 in ``"mixed"`` precision.
-MIXED_FLOAT32_LEVELS = 2
+MIXED_FLOAT32_LEVELS = 3
 
 
 @functools.cache
@@ -99,10 +102,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     precision : {"auto", "float32", "mixed", "half"}
         ``"auto"``: ``"mixed"`` where :func:`computes_16bit_natively` (CUDA, CPUs with
         native bfloat16), else ``"float32"``. ``"float32"``: everything in
-        float32. ``"mixed"``: the two finest levels (and the output layer) in float32, the
-        coarser levels and the bottleneck in :func:`reduced_dtype`; probabilities stay within
-        about 0.01 of float32 (see the module docstring). ``"half"``: the whole network in
-        :func:`reduced_dtype`.
+        float32. ``"mixed"``: the three finest levels (and the output layer) in float32, the
+        coarser levels and the bottleneck in :func:`reduced_dtype`; probabilities stayed within
+        0.01 of float32 in every measurement (see the module docstring). ``"half"``: the
+        whole network in :func:`reduced_dtype`.
     device : torch.device
         Where the network runs.
 
@@ -162,4 +165,4 @@ def describe_precision(precision: str, device: torch.device) -> str:
     name = str(reduced_dtype(device)).removeprefix("torch.")
     if precision == "half":
         return f"{name} throughout"
-    return f"mixed: float32 at the two finest levels, {name} below"
+    return f"mixed: float32 at the {MIXED_FLOAT32_LEVELS} finest levels, {name} below"
