@@ -72,7 +72,7 @@ from napari_unetkit.synthetic import synthetic_nuclei
 from napari_unetkit.training import TrainConfig, train
 
 #: Timed runs of each candidate on the single image (the fastest counts).
-REPEATS = 3
+REPEATS = 5
 #: Stack slices on which the plain baseline (and the Predictor's network alone) is timed.
 STACK_BASELINE_SLICES = 6
 #: Side of the synthetic pieces that images and stacks are assembled from.

@@ -152,7 +152,7 @@ SECTIONS = (
         "a single whole-image tile avoids at about twice the working memory (the `one ... "
         "tile` line). Timings on this machine vary by 10-30 % from one call to the next "
         "(the plain baseline most: one 1024 x 1024 slice took 0.6 to 1.9 s in an earlier run), "
-        "so the run below alternates the candidates and keeps the fastest of three calls of "
+        "so the run below alternates the candidates and keeps the fastest of five calls of "
         "each, per image and per stack slice; earlier runs of the same code gave ratios up "
         "to a quarter higher or lower.",
         writes_json=True,
