@@ -44,6 +44,20 @@ def _is_3x3_same(conv: nn.Module) -> bool:
     )
 
 
+def _fusable_upsampling(up: nn.Module, conv: nn.Module) -> bool:
+    """Whether :class:`UpsamplingConv` can take the place of ``conv(up(x))``."""
+    return _is_2x2_up(up) and _is_3x3_same(conv) and conv.in_channels == up.out_channels
+
+
+def _zero_padded_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``Conv2d`` with numeric zero padding (what oneDNN fuses)."""
+    return (
+        type(module) is nn.Conv2d
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
 class UpThenConv(nn.Module):
     """Add ``conv(up(x))`` to a map in place: up-sampling, then a convolution.
 
@@ -102,7 +116,7 @@ class UpsamplingConv(nn.Module):
 
     def __init__(self, up: nn.ConvTranspose2d, conv: nn.Conv2d) -> None:
         super().__init__()
-        if not (_is_2x2_up(up) and _is_3x3_same(conv)) or conv.in_channels != up.out_channels:
+        if not _fusable_upsampling(up, conv):
             raise ValueError(
                 "UpsamplingConv fuses a 2x2 stride-2 transposed convolution and a 3x3 'same' "
                 f"convolution of its output, got {up} and {conv}."
@@ -188,8 +202,7 @@ def upsampling_conv(
     UpsamplingConv or UpThenConv
         Called as ``module(x, out)``.
     """
-    fusable = _is_2x2_up(up) and _is_3x3_same(conv) and conv.in_channels == up.out_channels
-    if fusable and dtype in (torch.float32, torch.float64):
+    if _fusable_upsampling(up, conv) and dtype in (torch.float32, torch.float64):
         return UpsamplingConv(up, conv)
     return UpThenConv(up, conv)
 
@@ -239,11 +252,7 @@ class ConvReLU(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        if (
-            type(conv) is not nn.Conv2d
-            or conv.padding_mode != "zeros"
-            or isinstance(conv.padding, str)
-        ):
+        if not _zero_padded_conv(conv):
             raise ValueError(f"ConvReLU needs a zero-padded Conv2d, got {conv}.")
         self.conv = conv
 
@@ -287,14 +296,8 @@ def fuse_conv_relu(layers: nn.Sequential) -> nn.Sequential:
     modules = [m for m in layers if type(m) is not nn.Identity]
     fused: list[nn.Module] = []
     for module in modules:
-        previous = fused[-1] if fused else None
-        if (
-            type(module) is nn.ReLU
-            and type(previous) is nn.Conv2d
-            and previous.padding_mode == "zeros"
-            and not isinstance(previous.padding, str)
-        ):
-            fused[-1] = ConvReLU(previous)
+        if type(module) is nn.ReLU and fused and _zero_padded_conv(fused[-1]):
+            fused[-1] = ConvReLU(fused[-1])
         else:
             fused.append(module)
     return nn.Sequential(*fused)

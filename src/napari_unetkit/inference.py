@@ -54,7 +54,8 @@ Rejected after measuring: TorchScript tracing with freezing and
 transposed convolutions by a 1x1 convolution and a pixel shuffle (0.9x in NCHW, no gain in
 NHWC); oneDNN's fused convolution + ReLU operator called eagerly
 (``torch.ops.mkldnn._convolution_pointwise``, with or without pre-packed weights: at most 5 %
-faster per convolution, nothing over the network, and an internal operator); NNPACK's Winograd
+faster per convolution, nothing over the network, and an internal operator; on the Zen 5
+below it pays, see :class:`~napari_unetkit.fused_layers.ConvReLU`); NNPACK's Winograd
 convolutions for the levels with 64 channels or more (faster alone at 128 channels, slower over
 the network because of layout changes); ``torch.compile`` with freezing (about 1.15x faster than
 the eager channels-last copy, but 12 s of compilation with a warm cache and 60 s cold for every
