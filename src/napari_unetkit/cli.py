@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRECISIONS,
         default="auto",
         help="auto (default): 16-bit coarse levels where the CPU or GPU computes them natively, "
-        "probabilities within about 0.01 of float32; float32: exact everywhere; mixed: force that; "
+        "probabilities within 0.01 of float32; float32: exact everywhere; mixed: force that; "
         "half: everything 16-bit (fastest, probabilities may move by about 0.1).",
     )
     predict.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")

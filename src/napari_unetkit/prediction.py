@@ -36,9 +36,9 @@ The network
 Precision
     ``precision="auto"`` (default) runs the coarse levels in 16 bits where the hardware does
     that natively (CUDA; CPUs with AVX512-BF16 or AMX) and everything in float32 elsewhere; see
-    :mod:`napari_unetkit.precision` for the measured accuracy (probabilities within about 0.01 of
-    float32, the same instances) and speed. ``"float32"`` reproduces the plain network to
-    float32 rounding on every machine.
+    :mod:`napari_unetkit.precision` for the measured accuracy (probabilities within 0.01 of
+    float32 in every measurement, the same instances) and speed. ``"float32"`` reproduces the
+    plain network to float32 rounding on every machine.
 
 Default halo
     Tiles start on multiples of ``2**depth``, so a core pixel needs less context than the

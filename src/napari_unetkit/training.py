@@ -585,7 +585,7 @@ class _Validator:
     ) -> np.ndarray:
         """Softmax probabilities ``(K, Y, X)`` of one normalised slice, model in eval mode."""
         if image.shape[1] * image.shape[2] > MAX_DIRECT_VALIDATION_PIXELS:
-            # Mixed precision for validation only where training itself runs mixed (CUDA).
+            # Mixed precision for validation only where training itself runs under autocast.
             precision = "auto" if self.amp else "float32"
             predictor = Predictor(model, description, device=self.device, precision=precision)
             return predictor.predict_slice(image, cancel=cancel)
