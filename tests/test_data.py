@@ -320,6 +320,22 @@ def test_a_single_slice_is_split_spatially_along_its_longer_axis(nuclei, shape, 
     assert (item.weights > 0).all()  # the input was not modified
 
 
+def test_a_sparse_slice_gets_its_band_inside_the_annotated_area():
+    shape = (120, 200)
+    (item,) = make_slices(1, shape)
+    weights = np.zeros(shape, np.float32)
+    weights[10:50, 20:120] = 1.0  # annotated only in one corner; the image's end is empty
+    item = TrainingSlice(item.image, item.target, weights, source=item.source)
+    (kept,), (band,) = split_train_validation([item], 0.2)
+    # Along the annotated area's longer axis (X), at its end, with a fifth of its pixels.
+    assert band.origin[0] == 0 and band.shape[0] == shape[0]
+    assert band.origin[1] + band.shape[1] == 120
+    assert (band.weights > 0).sum() == pytest.approx(0.2 * weights.sum(), rel=0.1)
+    start = band.origin[1]
+    assert not (kept.weights[:, start - 16 :] > 0).any()
+    np.testing.assert_array_equal(kept.weights[:, : start - 16], weights[:, : start - 16])
+
+
 def test_split_edge_cases():
     slices = make_slices(1, shape=(40, 40))
     assert split_train_validation(slices, 0.0) == (slices, [])

@@ -11,6 +11,7 @@ from napari_unetkit.data import prepare_training_data
 from napari_unetkit.losses import soft_dice_loss, training_loss, weighted_cross_entropy
 from napari_unetkit.metrics import match_instances
 from napari_unetkit.modelfile import load_model, read_description
+from napari_unetkit.postprocess import InstanceSettings
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.synthetic import sample_pairs, synthetic_nuclei, synthetic_stack
@@ -461,3 +462,38 @@ def test_progress_reports_every_step_and_stage(prepared, tmp_path):
     last = events[-1]
     assert last.stage == "done" and last.eta == 0.0 and last.best_score == result.best_score
     assert last.metrics["val_f1"] == result.history[-1]["val_f1"]
+
+
+def test_instance_settings_are_calibrated_on_validation_and_stored(tmp_path):
+    train_pairs = sample_pairs(2, (96, 96), seed=31)
+    validation = [synthetic_nuclei((96, 96), seed=32)]
+    events = []
+    result = train(
+        train_pairs,
+        tiny(epochs=3, steps_per_epoch=4),
+        validation=validation,
+        out=tmp_path / "c.unet",
+        progress=events.append,
+    )
+    assert "calibrating" in {e.stage for e in events}
+    _, description = load_model(result.model_path)
+    chosen = InstanceSettings.from_dict(description["instances"])
+    calibration = description["calibration"]
+    assert calibration["val_f1"] >= calibration["val_f1_defaults"]
+    assert calibration["val_f1_defaults"] == pytest.approx(result.best_score)
+    assert Predictor(result.model, description).instance_settings == chosen
+    # The stored choice is what the predictor applies to the validation image.
+    image, labels = validation[0]
+    predicted = Predictor(result.model, description).predict(image).labels
+    f1 = match_instances(labels, predicted, 0.5).f1
+    assert f1 == pytest.approx(calibration["val_f1"], abs=0.05)
+
+
+def test_classes_models_store_no_instance_settings(tmp_path):
+    image = np.zeros((64, 64), np.float32)
+    image[:, 32:] = 1.0
+    scribbles = np.zeros((64, 64), np.uint8)
+    scribbles[5:60, 5:20], scribbles[5:60, 40:60] = 1, 2
+    result = train([(image, scribbles)], tiny(mode="classes", val_fraction=0.0))
+    assert result.description["instances"] is None
+    assert result.description["calibration"] is None

@@ -92,12 +92,17 @@ def reference_weights(
     else:
         if class_balance == "none":
             w_bg = w_fg = 1.0
-        elif class_balance == "balanced":
+        elif class_balance in ("balanced", "bounded"):
             n = valid.sum()
             n_fg, n_bg = (fg & valid).sum(), (~fg & valid).sum()
             k = int(n_fg > 0) + int(n_bg > 0)
             w_bg = n / (k * n_bg) if n_bg else 1.0
             w_fg = n / (k * n_fg) if n_fg else 1.0
+            if class_balance == "bounded" and n_fg and n_bg:
+                # Solve w_fg = r w_bg with r clipped to [1/3, 3] and a mean weight of 1.
+                r = min(max(w_fg / w_bg, 1 / 3), 3.0)
+                w_bg = n / (n_bg + r * n_fg)
+                w_fg = r * w_bg
         else:
             w_bg, w_fg = class_balance
         wc = np.where(fg, w_fg, w_bg)
@@ -194,7 +199,7 @@ def test_known_values_two_squares():
 
 @pytest.mark.parametrize("index", range(len(IMAGES)))
 @pytest.mark.parametrize("border_on", ["background", "all"])
-@pytest.mark.parametrize("class_balance", ["balanced", "none", (0.5, 2.0)])
+@pytest.mark.parametrize("class_balance", ["balanced", "bounded", "none", (0.5, 2.0)])
 def test_weights_match_reference(index, border_on, class_balance):
     labels = IMAGES[index]
     got = boundary_weight_map(labels, class_balance=class_balance, border_on=border_on)
@@ -236,6 +241,18 @@ def test_balanced_classes_have_equal_total_weight():
     fg = target > 0
     assert weights[fg].sum() == pytest.approx(weights[~fg].sum(), rel=1e-5)
     assert weights.sum() == pytest.approx(labels.size, rel=1e-5)
+
+
+@pytest.mark.parametrize("fraction", [0.004, 0.05, 0.3, 0.6, 0.9])
+def test_bounded_balance_limits_the_ratio_and_keeps_the_mean(fraction):
+    labels = np.zeros((100, 100), np.int32)
+    labels.flat[: round(fraction * labels.size)] = 1
+    weights, target = weights_and_target(labels, w0=0.0, class_balance="bounded")
+    fg = target > 0
+    ratio = weights[fg].max() / weights[~fg].max()
+    balanced = (~fg).sum() / fg.sum()  # the unbounded ratio
+    assert ratio == pytest.approx(min(max(balanced, 1 / 3), 3.0), rel=1e-5)
+    assert weights.mean() == pytest.approx(1.0, rel=1e-5)
 
 
 def test_tol_bounds_the_error_against_exact_computation():

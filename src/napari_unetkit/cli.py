@@ -212,7 +212,8 @@ def _train_progress_printer(display: TextProgress):
             name = "F1" if "val_f1" in event.metrics else "IoU"
             parts.append(f"val {name} {score:.3f}")
         parts.append(f"{format_seconds(event.elapsed)} elapsed, ETA {format_seconds(event.eta)}")
-        epoch_end = event.stage in ("validating", "done") and event.val_loss is not None
+        stage_end = event.stage in ("validating", "calibrating", "done")
+        epoch_end = stage_end and event.val_loss is not None
         display.show(f"{event.stage:>10}: " + " | ".join(parts), force=epoch_end)
 
     return show
@@ -551,8 +552,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: instances for instance models, classes for class models.",
     )
-    predict.add_argument("--threshold", type=float, default=0.5, help="Foreground threshold.")
-    predict.add_argument("--min-size", type=int, help="Smallest instance in pixels.")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        help="Foreground threshold (default: the model's own, chosen on its validation data).",
+    )
+    predict.add_argument(
+        "--min-size",
+        type=int,
+        help="Smallest instance in pixels (default: the model's own).",
+    )
     predict.add_argument("--link-3d", action="store_true", help="Link instances across slices.")
     predict.add_argument("--tile-size", type=int, help="Tile size in pixels (default: auto).")
     predict.add_argument("--tta", action="store_true", help="Average over flips (slower).")

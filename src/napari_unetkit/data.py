@@ -587,17 +587,41 @@ def _crop(item: TrainingSlice, axis: int, start: int, stop: int) -> TrainingSlic
     )
 
 
+def _band_start(annotated: np.ndarray, axis: int, fraction: float) -> tuple[int, int]:
+    """Where a validation band holding ``fraction`` of the annotated pixels starts and ends.
+
+    A fully annotated slice gives the last ``round(length * fraction)`` lines. Otherwise the
+    band ends at the last annotated line and starts where the lines after it hold ``fraction``
+    of the annotated pixels, so sparse annotation in one corner still gets a band.
+    """
+    length = annotated.shape[axis]
+    if annotated.all():
+        return length - _n_held_out(length, fraction), length
+    per_line = np.count_nonzero(annotated, axis=1 - axis)
+    lines = np.nonzero(per_line)[0]
+    if lines.size == 0:
+        return length - _n_held_out(length, fraction), length
+    end = int(lines[-1]) + 1
+    from_end = np.cumsum(per_line[:end][::-1])
+    start = end - 1 - int(np.searchsorted(from_end, fraction * from_end[-1]))
+    return max(0, min(start, end - MIN_VALIDATION_BAND)), end
+
+
 def _split_spatially(
     item: TrainingSlice, fraction: float, margin: int
 ) -> tuple[TrainingSlice, TrainingSlice | None, str | None]:
     """Split one slice into (training slice, validation band or None, reason for None)."""
-    axis = 0 if item.shape[0] >= item.shape[1] else 1
+    annotated = item.weights > 0
+    extent = list(item.shape)
+    if annotated.any() and not annotated.all():
+        lines = [np.nonzero(annotated.any(axis=1 - a))[0] for a in (0, 1)]
+        extent = [int(line[-1] - line[0]) + 1 for line in lines]
+    axis = 0 if extent[0] >= extent[1] else 1
     length = item.shape[axis]
-    band = _n_held_out(length, fraction)
-    if band < MIN_VALIDATION_BAND:
+    start, end = _band_start(annotated, axis, fraction)
+    if end - start < MIN_VALIDATION_BAND or _n_held_out(length, fraction) < MIN_VALIDATION_BAND:
         return item, None, f"a {fraction:.0%} band of {length} px is under {MIN_VALIDATION_BAND} px"
-    start = length - band
-    validation = _crop(item, axis, start, length)
+    validation = _crop(item, axis, start, end)
     if validation.n_annotated == 0:
         return item, None, "the validation band holds no annotated pixels"
     weights = item.weights.copy()
@@ -620,9 +644,11 @@ def split_train_validation(
 
     With enough slices (``round(n * fraction) >= 1`` and at least one slice left), whole
     slices are held out, chosen at random by ``seed``. Otherwise (typically a single 2D image)
-    each slice is split spatially: the last ``fraction`` of its longer axis becomes a validation
-    crop, and the training slice keeps the whole image but with weight 0 in that band and in
-    ``margin`` pixels next to it, so no loss is ever computed on validation pixels.
+    each slice is split spatially along the longer axis of its annotated area: a band at the
+    end of that area holding ``fraction`` of the annotated pixels (for a fully annotated slice:
+    the last ``fraction`` of the axis) becomes a validation crop, and the training slice keeps
+    the whole image but with weight 0 from ``margin`` pixels before the band to the end, so no
+    loss is ever computed on validation pixels.
 
     A slice whose band would be narrower than :data:`MIN_VALIDATION_BAND` pixels, or whose band
     or remaining part holds no annotated pixel, is not split (it stays whole in training) and a

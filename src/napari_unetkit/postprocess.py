@@ -11,10 +11,14 @@ instances by one-to-one overlap matching between neighbouring slices.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
-from skimage.segmentation import relabel_sequential
+from skimage.segmentation import relabel_sequential, watershed
 
 from napari_unetkit.metrics import match_sparse, overlaps
 
@@ -199,28 +203,140 @@ def fill_gaps(labels: np.ndarray, grow: int = 2) -> np.ndarray:
     return _keep_connected(out, ys, xs, _nearest_ids(labels, ys, xs, grow))
 
 
-def _instances_2d(
-    fg_prob: np.ndarray, threshold: float, min_size: int, grow: int
-) -> tuple[np.ndarray, int]:
-    """Instances of one 2D probability map; returns (int32 labels 0..n, n)."""
+#: Ways of turning a foreground probability into instances (see :class:`InstanceSettings`).
+INSTANCE_METHODS = ("watershed", "components")
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    """How a foreground probability map becomes separated instances (JSON round trip).
+
+    Parameters
+    ----------
+    method : {"watershed", "components"}
+        ``"watershed"``: seeds are the 4-connected components of ``fg_prob > seed_threshold``
+        (the confident cores of the cells); each grows by a watershed of the probability over
+        the foreground ``fg_prob > threshold``, so touching cells meet where the probability is
+        lowest between them and every cell reaches out to the foreground's edge. A foreground
+        component with no seed becomes an instance of its own. ``"components"``: 4-connected
+        components of ``fg_prob > threshold``; gaps up to ``grow`` px between two of them are
+        filled (:func:`fill_gaps`).
+    threshold : float
+        Foreground level in ``(0, 1)``: pixels strictly above it belong to an instance.
+    seed_threshold : float
+        ``"watershed"`` only: seed level in ``(0, 1)``; a value at or below ``threshold``
+        seeds every foreground component (the result then equals ``"components"`` without gap
+        filling).
+    min_size : int
+        Smallest instance kept, in pixels (per slice).
+    grow : int
+        ``"components"`` only: reach of the gap filling in pixels; 0 disables it.
+    """
+
+    method: str = "watershed"
+    threshold: float = 0.5
+    seed_threshold: float = 0.8
+    min_size: int = 10
+    grow: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in INSTANCE_METHODS:
+            raise ValueError(
+                f"The instance method must be one of {INSTANCE_METHODS}, got {self.method!r}."
+            )
+        for name in ("threshold", "seed_threshold"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 < float(value) < 1.0:
+                raise ValueError(
+                    f"The {name.replace('_', ' ')} is a foreground probability and must lie "
+                    f"between 0 and 1 (exclusive), got {value!r}."
+                )
+        for name in ("min_size", "grow"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}.")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable settings."""
+        return {
+            "method": self.method,
+            "threshold": float(self.threshold),
+            "seed_threshold": float(self.seed_threshold),
+            "min_size": int(self.min_size),
+            "grow": int(self.grow),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> InstanceSettings:
+        """Build settings from :meth:`to_dict` output; missing keys take the defaults."""
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ValueError(f"Instance settings must be a mapping, got {type(data).__name__}.")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown instance settings {sorted(unknown)}.")
+        return cls(**dict(data))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _components_2d(fg_prob: np.ndarray, settings: InstanceSettings) -> np.ndarray:
     labels = np.empty(fg_prob.shape, dtype=np.int32)
-    ndi.label(fg_prob > threshold, structure=_CROSS, output=labels)
-    labels = remove_small_instances(labels, min_size)
-    labels = fill_gaps(labels, grow)
+    ndi.label(fg_prob > settings.threshold, structure=_CROSS, output=labels)
+    labels = remove_small_instances(labels, settings.min_size)
+    return fill_gaps(labels, settings.grow)
+
+
+def _watershed_2d(fg_prob: np.ndarray, settings: InstanceSettings) -> np.ndarray:
+    foreground = fg_prob > settings.threshold
+    seeds = np.empty(fg_prob.shape, dtype=np.int32)
+    n_seeds = ndi.label(
+        foreground & (fg_prob > settings.seed_threshold), structure=_CROSS, output=seeds
+    )
+    # Foreground components without a seed are instances of their own.
+    components = np.empty(fg_prob.shape, dtype=np.int32)
+    n_components = ndi.label(foreground, structure=_CROSS, output=components)
+    if n_components:
+        seeded = np.zeros(n_components + 1, dtype=bool)
+        seeded[components[seeds > 0]] = True
+        unseeded = ~seeded[components] & foreground
+        seeds[unseeded] = components[unseeded] + n_seeds
+    if not seeds.any():
+        return seeds
+    labels = watershed(-fg_prob, seeds, mask=foreground, connectivity=1)
+    return remove_small_instances(labels.astype(np.int32, copy=False), settings.min_size)
+
+
+def _instances_2d(fg_prob: np.ndarray, settings: InstanceSettings) -> tuple[np.ndarray, int]:
+    """Instances of one 2D probability map; returns (int32 labels 0..n, n)."""
+    if settings.method == "watershed":
+        labels = _watershed_2d(fg_prob, settings)
+    else:
+        labels = _components_2d(fg_prob, settings)
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.int32, copy=False), int(labels.max())
 
 
 def instances_from_probabilities(
-    fg_prob: np.ndarray, threshold: float = 0.5, min_size: int = 10, grow: int = 2
+    fg_prob: np.ndarray,
+    threshold: float = 0.5,
+    min_size: int = 10,
+    grow: int = 2,
+    *,
+    settings: InstanceSettings | None = None,
 ) -> np.ndarray:
     """Separated instances from a foreground probability map.
 
-    Steps, per 2D slice: foreground is ``fg_prob > threshold`` (strictly above, consistent with
-    the argmax of a two-class softmax at 0.5); 4-connected components; components with fewer
-    than ``min_size`` pixels are removed; background pixels within ``grow`` px of two different
-    instances (the ridges cut between touching cells during training) are given to the nearest
-    of them (:func:`fill_gaps`); ids are made sequential.
+    Without ``settings``: per 2D slice, foreground is ``fg_prob > threshold`` (strictly above,
+    consistent with the argmax of a two-class softmax at 0.5); 4-connected components;
+    components with fewer than ``min_size`` pixels are removed; background pixels within
+    ``grow`` px of two different instances (the ridges cut between touching cells during
+    training) are given to the nearest of them (:func:`fill_gaps`); ids are made sequential.
+    With ``settings`` (what models store and the predictor uses), those settings replace the
+    three numbers, and the method may be the seeded watershed of :class:`InstanceSettings`.
 
     Parameters
     ----------
@@ -235,6 +351,8 @@ def instances_from_probabilities(
         Reach in pixels: a background pixel is filled when two different instances lie within
         this distance of it (so gaps up to about ``grow`` px wide close); ``0`` disables
         filling.
+    settings : InstanceSettings, optional
+        Every setting at once (the three numbers above are then ignored).
 
     Returns
     -------
@@ -245,14 +363,16 @@ def instances_from_probabilities(
     fg_prob = np.asarray(fg_prob)
     if fg_prob.ndim not in (2, 3):
         raise ValueError(f"fg_prob must have shape (Y, X) or (Z, Y, X), got {fg_prob.shape}.")
-    if grow < 0 or min_size < 0:
-        raise ValueError(f"grow and min_size must be >= 0, got {grow} and {min_size}.")
+    if settings is None:
+        if grow < 0 or min_size < 0:
+            raise ValueError(f"grow and min_size must be >= 0, got {grow} and {min_size}.")
+        settings = InstanceSettings("components", threshold, 0.5, int(min_size), int(grow))
     if fg_prob.ndim == 2:
-        return _instances_2d(fg_prob, threshold, min_size, grow)[0]
+        return _instances_2d(fg_prob, settings)[0]
     out = np.zeros(fg_prob.shape, dtype=np.int32)
     next_id = 0
     for z, plane in enumerate(fg_prob):
-        labels, count = _instances_2d(plane, threshold, min_size, grow)
+        labels, count = _instances_2d(plane, settings)
         out[z] = np.where(labels > 0, labels + next_id, 0)
         next_id += count
     return out

@@ -84,9 +84,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -139,6 +139,10 @@ OUTPUTS = ("auto", "instances", "semantic", "probabilities")
 MODES = ("instances", "classes")
 Border = Literal["network", "mirror"]
 BORDERS = ("network", "mirror")
+#: Instance settings of model files that store none (written before settings were stored).
+LEGACY_INSTANCE_SETTINGS = postprocess.InstanceSettings(
+    method="components", threshold=0.5, min_size=10, grow=2
+)
 
 #: ``progress(done, total)`` callback type; see :meth:`Predictor.predict`.
 ProgressCallback = Callable[[float, int], None]
@@ -487,11 +491,18 @@ class Predictor:
                 f"{self.config.n_classes}."
             )
         _normalization_settings(self.description)  # raises on a malformed entry
+        if mode == "instances":
+            instance_settings_of(self.description)  # likewise
 
     @property
     def precision_description(self) -> str:
         """The precision in words, e.g. ``"float32"`` (for progress lines and logs)."""
         return describe_precision(self.precision, self.device)
+
+    @property
+    def instance_settings(self) -> postprocess.InstanceSettings:
+        """How this model's instances are extracted unless a call overrides it."""
+        return instance_settings_of(self.description)
 
     @property
     def mode(self) -> str:
@@ -673,8 +684,9 @@ class Predictor:
         channel_axis: int | None = None,
         *,
         output: Output = "auto",
-        threshold: float = 0.5,
+        threshold: float | None = None,
         min_size: int | None = None,
+        instances: postprocess.InstanceSettings | None = None,
         link_3d: bool = False,
         return_probabilities: bool = False,
         slices: Sequence[int | Sequence[int]] | None = None,
@@ -695,11 +707,14 @@ class Predictor:
             ``"semantic"``: per-pixel argmax (instance models: 1 = foreground; class models:
             class index ``k`` becomes label ``k + 1``, 0 is never predicted). ``"instances"``
             needs an instance model. ``"probabilities"``: no labels, probabilities only.
-        threshold : float
-            Foreground probability threshold for instances.
+        threshold : float, optional
+            Foreground probability threshold for instances; ``None`` keeps the one of the
+            instance settings in use.
         min_size : int, optional
-            Smallest instance in pixels; ``None`` keeps the
-            :func:`~napari_unetkit.postprocess.instances_from_probabilities` default.
+            Smallest instance in pixels; ``None`` keeps the one of the instance settings in use.
+        instances : InstanceSettings, optional
+            How instances are extracted; default :attr:`instance_settings` (the model's own,
+            chosen on its validation data). ``threshold`` and ``min_size`` override it.
         link_3d : bool
             Join instances of neighbouring slices along the last slice axis into 3D instances
             (:func:`~napari_unetkit.postprocess.link_slices`); instances only, and a no-op for
@@ -732,6 +747,11 @@ class Predictor:
         """
         kind = self._resolve_output(output, link_3d)
         _check_post_options(threshold, min_size)
+        post = self.instance_settings if instances is None else instances
+        if threshold is not None:
+            post = replace(post, threshold=float(threshold))
+        if min_size is not None:
+            post = replace(post, min_size=int(min_size))
         if not hasattr(image, "shape") or not hasattr(image, "dtype"):
             image = np.asarray(image)
         shape = tuple(image.shape)
@@ -772,7 +792,7 @@ class Predictor:
                     probabilities[(slice(None), *index)] = probs
             if labels is None:
                 return first_id
-            next_id = self._write_labels(labels, index, probs, kind, threshold, min_size, first_id)
+            next_id = self._write_labels(labels, index, probs, kind, post, first_id)
             release_free_memory()  # what post-processing freed in this thread's heap
             return next_id
 
@@ -838,8 +858,7 @@ class Predictor:
         index: tuple[int, ...],
         probs: np.ndarray,
         kind: str,
-        threshold: float,
-        min_size: int | None,
+        settings: postprocess.InstanceSettings,
         next_id: int,
     ) -> int:
         """Post-process one slice into ``labels[index]``; returns the next free instance id."""
@@ -847,8 +866,7 @@ class Predictor:
             offset = 1 if self.mode == "classes" else 0
             labels[index] = postprocess.semantic_from_probabilities(probs, offset=offset)
             return next_id
-        extra = {} if min_size is None else {"min_size": int(min_size)}
-        instances = postprocess.instances_from_probabilities(probs[-1], threshold, **extra)
+        instances = postprocess.instances_from_probabilities(probs[-1], settings=settings)
         count = int(instances.max(initial=0))
         instances[instances > 0] += next_id  # in place: no second slice-sized label image
         labels[index] = instances
@@ -890,10 +908,25 @@ def _positive(value: int, minimum: int, name: str = "The value") -> int:
     return int(value)
 
 
-def _check_post_options(threshold: float, min_size: int | None) -> None:
+def instance_settings_of(description: Mapping) -> postprocess.InstanceSettings:
+    """Return the instance settings a model description stores.
+
+    Descriptions written before settings were stored give :data:`LEGACY_INSTANCE_SETTINGS`
+    (connected components at 0.5 with 2 px gap filling), which those versions used.
+    """
+    stored = description.get("instances")
+    if stored is None:
+        return LEGACY_INSTANCE_SETTINGS
+    try:
+        return postprocess.InstanceSettings.from_dict(stored)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"The model's instance settings are not valid: {error}") from None
+
+
+def _check_post_options(threshold: float | None, min_size: int | None) -> None:
     """Reject a threshold outside (0, 1) or a negative minimum size, before any work."""
     number = isinstance(threshold, (int, float, np.number)) and not isinstance(threshold, bool)
-    if not number or not 0.0 < float(threshold) < 1.0:
+    if threshold is not None and (not number or not 0.0 < float(threshold) < 1.0):
         raise ValueError(
             f"The threshold is a foreground probability and must lie between 0 and 1 "
             f"(exclusive; 0.5 is the usual choice), got {threshold!r}."

@@ -39,6 +39,7 @@ import torch
 from napari_unetkit import __version__, metrics, postprocess
 from napari_unetkit import data as data_module
 from napari_unetkit.augmentation import AugmentationSettings
+from napari_unetkit.calibration import ValidationMap, calibrate_instances, candidate_settings
 from napari_unetkit.device import (
     autocast_context,
     autocast_dtype,
@@ -376,7 +377,7 @@ class TrainProgress:
 
     Attributes
     ----------
-    stage : {"preparing", "training", "validating", "saving", "done"}
+    stage : {"preparing", "training", "validating", "calibrating", "saving", "done"}
         What the trainer is doing.
     epoch : int
         Current epoch (1-based; 0 before training; continues the file's count when resuming).
@@ -579,6 +580,10 @@ class _Validator:
         self.amp = amp
         self.amp_type = amp_type
         self.seconds = 0.0  # duration of the last validation
+        #: How epochs are scored (instances mode); calibrated once training ends.
+        self.instance_settings = postprocess.InstanceSettings()
+        self.post_seconds = 0.0  # instance extraction and matching of the last validation
+        self.maps: list[ValidationMap] = []  # the last validation's maps (instances mode)
 
     def probabilities(
         self, model: UNet, image: np.ndarray, description: dict, cancel
@@ -600,6 +605,7 @@ class _Validator:
         was_training = model.training
         model.eval()
         counts = _Counts()
+        self.maps, self.post_seconds = [], 0.0
         try:
             for sl in self.slices:
                 if cancel is not None and cancel.is_set():
@@ -617,13 +623,25 @@ class _Validator:
         counts.loss_sum += _validation_loss(probs, sl.target, weights)
         counts.weight_sum += float(weights.sum(dtype=np.float64))
         if self.mode == "instances":
-            pred = postprocess.instances_from_probabilities(probs[1], 0.5)
+            started = time.perf_counter()
+            pred = postprocess.instances_from_probabilities(
+                probs[1], settings=self.instance_settings
+            )
             truth, pred = _annotated_instances(sl, annotated, pred)
+            truth_all = sl.instances if sl.instances is not None else (sl.target == 1)
+            self.maps.append(
+                ValidationMap(
+                    probs[1].copy(),
+                    np.asarray(truth_all, dtype=np.int32),
+                    None if annotated.all() else annotated,
+                )
+            )
             match = metrics.match_instances(truth, pred, 0.5)
             counts.tp += match.tp
             counts.n_true += match.n_true
             counts.n_pred += match.n_pred
             counts.add_overlap((truth > 0).astype(np.intp), (pred > 0).astype(np.intp), 2)
+            self.post_seconds += time.perf_counter() - started
         else:
             pred = np.argmax(probs, axis=0)
             counts.add_overlap(sl.target[annotated], pred[annotated], self.n_classes)
@@ -853,6 +871,9 @@ class _Run:
         self.lr = 0.0
         self.best_state: dict | None = None
         self.best_entry: dict | None = None
+        self.best_maps: list[ValidationMap] = []
+        self.instance_settings = self.validator.instance_settings
+        self.calibration: dict | None = None
         self.model_path: Path | None = None
         self.train_start = time.perf_counter()
         self.step_seconds = 0.0  # total duration of the steps (validation excluded)
@@ -908,8 +929,14 @@ class _Run:
             return False
         reserve = self.step_seconds / self.steps_run
         if self.s.val_slices:
-            reserve += self.validator.seconds
+            reserve += self.validator.seconds + self.calibration_estimate()
         return self.elapsed + reserve >= self.config.time_limit
+
+    def calibration_estimate(self) -> float:
+        """Seconds the instance calibration at the end will take (from the last validation)."""
+        if self.config.mode != "instances":
+            return 0.0
+        return (len(candidate_settings(self.instance_settings)) + 2) * self.validator.post_seconds
 
     def eta(self) -> float | None:
         """Estimated seconds left (the smaller of the epoch and time-limit estimates)."""
@@ -1046,6 +1073,7 @@ class _Run:
         self.history.append({k: _plain(v) for k, v in entry.items()})
         if self._improved(entry):
             self.best_entry = entry
+            self.best_maps = self.validator.maps
             self.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
@@ -1091,6 +1119,20 @@ class _Run:
 
     # ------------------------------------------------------------------ saving and result
 
+    def calibrate(self) -> None:
+        """Choose the instance settings on the best model's validation maps (instances mode)."""
+        if self.config.mode != "instances" or not self.best_maps:
+            return
+        self.report("calibrating", "choosing the instance settings on the validation data")
+        cancel = self.cancel
+        settings, score, base_score = calibrate_instances(
+            self.best_maps,
+            self.instance_settings,
+            should_stop=None if cancel is None else cancel.is_set,
+        )
+        self.instance_settings = settings
+        self.calibration = {"val_f1": score, "val_f1_defaults": base_score}
+
     def predictor_description(self) -> dict:
         return {
             "mode": self.config.mode,
@@ -1111,6 +1153,10 @@ class _Run:
             "channel_axis": self.config.channel_axis,
             "normalization": s.normalization.to_dict(),
             "weightmap": None if s.data.weightmap is None else s.data.weightmap.to_dict(),
+            "instances": self.instance_settings.to_dict()
+            if self.config.mode == "instances"
+            else None,
+            "calibration": self.calibration,
             "training": self.config.to_dict(),
             "history": history,
             "epochs_trained": len(history),
@@ -1157,6 +1203,7 @@ class _Run:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.model.eval()
+        self.calibrate()
         self.save(stage_message="saving the model")
         if self.model_path is not None:
             description = read_description(self.model_path)

@@ -48,7 +48,11 @@ __all__ = [
 #: Where the border term is added: only on background pixels of the target, or everywhere.
 BORDER_ON = ("background", "all")
 #: Named class-balance schemes (an explicit ``(w_background, w_foreground)`` pair also works).
-CLASS_BALANCES = ("none", "balanced", "falk")
+CLASS_BALANCES = ("none", "balanced", "bounded", "falk")
+#: ``class_balance="bounded"``: largest ratio between the two classes' weights. Beyond it the
+#: class term outweighs the border term on sparse images (cells on a few per cent of the
+#: pixels), which is what separates touching cells.
+MAX_CLASS_WEIGHT_RATIO = 3.0
 
 _Func = TypeVar("_Func", bound=Callable[..., Any])
 
@@ -155,7 +159,9 @@ class WeightMapSettings:
         Width of the border term, in pixels, or in the units of ``spacing`` (paper: 5).
     class_balance : str or tuple of float
         ``"none"`` (``w_c = 1``), ``"balanced"`` (``w_c(k) = N / (K N_k)`` over the ``K``
-        classes present in the separated target), ``"falk"`` (foreground 1, background
+        classes present in the separated target), ``"bounded"`` (as ``"balanced"``, but the
+        ratio of the two weights is limited to :data:`MAX_CLASS_WEIGHT_RATIO`, the mean weight
+        staying 1), ``"falk"`` (foreground 1, background
         ``r + (1 - r) exp(-d1^2 / (2 s^2))`` with ``r = background_ratio``,
         ``s = background_sigma``), or explicit weights ``(w_background, w_foreground)``; a
         mapping with keys ``"background"`` / ``"foreground"`` (or ``0`` / ``1``) is accepted and
@@ -249,9 +255,11 @@ class WeightMapSettings:
 #: Names of the settings, in signature order (the keywords the public functions share).
 _SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(WeightMapSettings))
 
-#: Named presets: ``"paper"`` (Ronneberger et al. 2015) and ``"falk2019"`` (the authors'
+#: Named presets: ``"unetkit"`` (what training uses by default: the paper's border term with
+#: bounded class weights), ``"paper"`` (Ronneberger et al. 2015) and ``"falk2019"`` (the authors'
 #: Fiji U-Net tool, Falk et al. 2019).
 PRESETS: dict[str, WeightMapSettings] = {
+    "unetkit": WeightMapSettings(w0=10.0, sigma=5.0, class_balance="bounded"),
     "paper": WeightMapSettings(w0=10.0, sigma=5.0, class_balance="balanced"),
     "falk2019": WeightMapSettings(
         w0=50.0, sigma=6.0, class_balance="falk", background_ratio=0.1, background_sigma=10.0
@@ -638,7 +646,7 @@ def instance_distances(
 def _class_weights(
     foreground: np.ndarray, valid: np.ndarray | None, balance: str | tuple[float, float]
 ) -> tuple[float, float]:
-    """Return ``(w_background, w_foreground)`` for the "none", "balanced" or explicit schemes."""
+    """Return ``(w_background, w_foreground)`` for every scheme but "falk"."""
     if isinstance(balance, tuple):
         return balance
     if balance == "none":
@@ -652,6 +660,11 @@ def _class_weights(
     present = (n_background > 0) + (n_foreground > 0)
     w_background = total / (present * n_background) if n_background else 1.0
     w_foreground = total / (present * n_foreground) if n_foreground else 1.0
+    if balance == "bounded" and n_background and n_foreground:
+        limit = MAX_CLASS_WEIGHT_RATIO
+        ratio = min(max(w_foreground / w_background, 1.0 / limit), limit)
+        w_background = total / (n_background + ratio * n_foreground)
+        w_foreground = ratio * w_background
     return w_background, w_foreground
 
 

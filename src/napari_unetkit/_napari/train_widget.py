@@ -86,7 +86,7 @@ def status_text(event: TrainProgress, metric: str) -> str:
     """
     if event.stage == "preparing":
         return f"Preparing the data ({event.message})…" if event.message else "Preparing…"
-    if event.stage in ("saving", "done"):
+    if event.stage in ("calibrating", "saving", "done"):
         return event.message[:1].upper() + event.message[1:] if event.message else event.stage
     epochs = f"/{event.n_epochs}" if event.n_epochs else ""
     parts = [f"Epoch {event.epoch}{epochs}"]
@@ -122,7 +122,7 @@ def progress_position(event: TrainProgress, config: TrainConfig) -> tuple[int, i
     if event.stage == "training" and event.message:
         return None  # start or epoch summary: its step count is the finished epoch's
     done = (event.epoch - 1) * event.steps_per_epoch + event.step
-    if event.stage in ("saving", "done"):
+    if event.stage in ("calibrating", "saving", "done"):
         done = event.epoch * event.steps_per_epoch
     return min(max(done, 0), total), total
 
