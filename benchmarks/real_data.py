@@ -58,7 +58,7 @@ from napari_unetkit.training import TrainConfig, train
 from napari_unetkit.weightmap import WeightMapSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_datasets  # noqa: E402
+import real_datasets
 
 IOU_THRESHOLDS = (0.5, 0.7, 0.9)
 METHODS = ("unetkit", "seed", "classical")
@@ -163,22 +163,22 @@ def run_unetkit(dataset: real_datasets.Dataset, budget: float, keep: Path | None
         save_model(keep / f"{dataset.name}.unet", result.model, result.description)
     predictor = Predictor(result.model, result.description)
     start = time.perf_counter()
-    labels = [
-        predictor.predict(image, dataset.channel_axis).labels for image, _, _ in dataset.test
-    ]
+    labels = [predictor.predict(image, dataset.channel_axis).labels for image, _, _ in dataset.test]
     return MethodResult(
         labels,
         train_seconds,
         time.perf_counter() - start,
         steps=result.steps_run,
-        notes="no validation" if result.best_score is None else f"best val F1 {result.best_score:.3f}",
+        notes="no validation"
+        if result.best_score is None
+        else f"best val F1 {result.best_score:.3f}",
     )
 
 
 def forward_whole(model: torch.nn.Module, image_cyx: np.ndarray) -> np.ndarray:
     """Foreground probability of one normalised slice, the whole slice at once."""
     height, width = image_cyx.shape[-2:]
-    step = 2 ** model.config.depth
+    step = 2**model.config.depth
     pad = (0, -width % step, 0, -height % step)
     with torch.inference_mode():
         x = F.pad(torch.from_numpy(np.ascontiguousarray(image_cyx))[None], pad, mode="reflect")

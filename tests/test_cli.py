@@ -127,3 +127,42 @@ def test_missing_output_folder_is_refused_before_training(nuclei, capsys):
 )
 def test_channel_axis_inference(image_shape, channels, labels_shape, expected):
     assert infer_channel_axis(image_shape, channels, labels_shape) == expected
+
+
+def test_train_on_chosen_channels_and_predict_with_them(nuclei, capsys):
+    folder, image, _ = nuclei
+    rgb = np.stack([image, np.zeros_like(image), image], axis=-1)
+    tifffile.imwrite(folder / "rgb.tif", rgb)
+    model = folder / "rgb.unet"
+    args = ["train", "--image", str(folder / "rgb.tif"), "--labels", str(folder / "labels.tif")]
+    assert main([*args, "--out", str(model), "--channels", "2,0", *TINY]) == 0
+    _, description = load_model(model)
+    assert description["channels"] == {"used": [2, 0], "of": 3}
+    out = folder / "rgb_labels.tif"
+    predict = ["predict", "--model", str(model), "--image", str(folder / "rgb.tif")]
+    assert main([*predict, "--out", str(out)]) == 0
+    expected = Predictor.from_file(model, device="cpu").predict(rgb, channel_axis=-1).labels
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    capsys.readouterr()
+    assert main([*args, "--out", str(folder / "x.unet"), "--channels", "0,5", *TINY]) == 1
+    error = capsys.readouterr().err
+    assert "Channel 5 does not exist" in error and "Traceback" not in error
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(folder / "y.unet"), "--channels", "red", *TINY])
+    assert exit_info.value.code == 2
+    assert "channel numbers separated by commas" in capsys.readouterr().err
+
+
+def test_predict_uses_the_model_s_instance_settings_unless_overridden(nuclei):
+    folder, image, _ = nuclei
+    model = folder / "m.unet"
+    args = ["train", "--image", str(folder / "image.tif"), "--labels", str(folder / "labels.tif")]
+    assert main([*args, "--out", str(model), *TINY]) == 0
+    predictor = Predictor.from_file(model, device="cpu")
+    predict = ["predict", "--model", str(model), "--image", str(folder / "image.tif")]
+    assert main([*predict, "--out", str(folder / "own.tif")]) == 0
+    own = predictor.predict(image).labels
+    np.testing.assert_array_equal(tifffile.imread(folder / "own.tif"), own)
+    assert main([*predict, "--out", str(folder / "set.tif"), "--threshold", "0.7"]) == 0
+    chosen = predictor.predict(image, threshold=0.7).labels
+    np.testing.assert_array_equal(tifffile.imread(folder / "set.tif"), chosen)

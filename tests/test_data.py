@@ -432,3 +432,16 @@ def test_sampler_rejects_unusable_input():
         PatchSampler([item], patch_size=0)
     with pytest.raises(ValueError, match="foreground_bias"):
         PatchSampler([item], foreground_bias=2.0)
+
+
+def test_chosen_channels_are_read_in_order_and_checked(nuclei):
+    image, labels = nuclei
+    rgb = np.stack([image, np.zeros_like(image), image * 2], axis=-1)
+    data = prepare_training_data([(rgb, labels)], channel_axis=-1, channels=[2, 0])
+    assert data.in_channels == 2 and data.channels == [2, 0] and data.source_channels == 3
+    every = prepare_training_data([(rgb, labels)], channel_axis=-1)
+    np.testing.assert_array_equal(data.slices[0].image, every.slices[0].image[[2, 0]])
+    assert every.empty_channels == [1] and data.empty_channels == []
+    for bad, message in (([3], "Channel 3 does not exist"), ([0, 0], "once"), ([], "at least")):
+        with pytest.raises(ValueError, match=message):
+            prepare_training_data([(rgb, labels)], channel_axis=-1, channels=bad)

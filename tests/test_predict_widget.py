@@ -171,7 +171,9 @@ def test_widget_prediction_equals_the_engine(make_napari_viewer, qtbot, instance
     viewer.add_labels(np.zeros((8, 8), np.int32), name="cells prediction")  # the user's
     widget = dock(viewer)
     widget._file.value = instance_model
+    widget._own_settings.value = False
     widget._threshold.value = 0.6
+    widget._min_size.value = 7
     widget._device.value = "cpu"
     run_and_wait(qtbot, widget)
 
@@ -183,9 +185,32 @@ def test_widget_prediction_equals_the_engine(make_napari_viewer, qtbot, instance
     assert tuple(layer.scale) == (0.5, 0.25) and tuple(layer.translate) == (3, 4)
     assert layer.metadata["model"] == str(instance_model)
     assert "Mode: instances" in layer.metadata["model_summary"]
-    expected = Predictor.from_file(instance_model, device="cpu").predict(image, threshold=0.6)
+    predictor = Predictor.from_file(instance_model, device="cpu")
+    expected = predictor.predict(image, threshold=0.6, min_size=7)
     np.testing.assert_array_equal(layer.data, expected.labels)
     assert "instances" in widget._message.value and widget._run.text == "Run"
+
+
+def test_the_model_s_own_instance_settings_are_shown_and_used(
+    make_napari_viewer, qtbot, instance_model
+):
+    image, _ = synthetic_nuclei(shape=(96, 96), seed=12)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    widget = dock(viewer)
+    widget._file.value = instance_model
+    predictor = Predictor.from_file(instance_model, device="cpu")
+    stored = predictor.instance_settings
+    assert widget._own_settings.value
+    assert not widget._threshold.enabled and not widget._min_size.enabled
+    assert widget._threshold.value == pytest.approx(stored.threshold, abs=0.01)
+    assert widget._min_size.value == stored.min_size
+    assert "Instances: " in widget._about.value
+    assert widget.settings.threshold is None and widget.settings.min_size is None
+    run_and_wait(qtbot, widget)
+    np.testing.assert_array_equal(predictions(viewer)[0].data, predictor.predict(image).labels)
+    widget._own_settings.value = False
+    assert widget._threshold.enabled and widget._min_size.enabled
 
 
 def test_stack_slice_wise_and_current_slice_only(make_napari_viewer, qtbot, instance_model):
@@ -278,14 +303,14 @@ def test_model_trained_in_this_session_becomes_the_selection(
 def test_settings_are_remembered(make_napari_viewer, instance_model, tmp_path):
     widget = dock(make_napari_viewer())
     widget._file.value = instance_model
-    widget._threshold.value = 0.7
+    widget._own_settings.value = False
     widget._tta.value = True
     widget._tile_size.value = 256
     widget._output.value = "semantic"
     widget._device.value = "cpu"
     second = dock(make_napari_viewer())
     assert second._file.value == instance_model and "Mode: instances" in second._about.value
-    assert second._threshold.value == pytest.approx(0.7)
+    assert second._own_settings.value is False
     assert (second._tta.value, second._tile_size.value) == (True, 256)
     assert (second._output.value, second._device.value) == ("semantic", "cpu")
 

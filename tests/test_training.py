@@ -497,3 +497,32 @@ def test_classes_models_store_no_instance_settings(tmp_path):
     result = train([(image, scribbles)], tiny(mode="classes", val_fraction=0.0))
     assert result.description["instances"] is None
     assert result.description["calibration"] is None
+
+
+def test_a_channel_choice_is_stored_and_repeated_at_prediction(tmp_path):
+    image, labels = synthetic_nuclei((96, 96), seed=41)
+    rgb = np.stack([image, np.zeros_like(image), np.zeros_like(image)], axis=-1)
+    with pytest.warns(UserWarning, match="Channels 1 and 2 hold one constant value"):
+        train([(rgb, labels)], tiny(channel_axis=-1, val_fraction=0.0))
+    result = train([(rgb, labels)], tiny(channel_axis=-1, channels=[0], val_fraction=0.0))
+    assert result.model.config.in_channels == 1
+    assert result.description["channels"] == {"used": [0], "of": 3}
+    predictor = Predictor(result.model, result.description)
+    from_rgb = predictor.predict(rgb, channel_axis=-1, return_probabilities=True)
+    grey = Predictor(result.model, {**result.description, "channels": None})
+    from_grey = grey.predict(image, return_probabilities=True)
+    np.testing.assert_array_equal(from_rgb.probabilities, from_grey.probabilities)
+    with pytest.raises(ValueError, match="expects 3 channels"):
+        predictor.predict(image)
+    with pytest.raises(ValueError, match="channels"):
+        train(
+            [(rgb, labels)],
+            tiny(channel_axis=-1, channels=[1, 0], val_fraction=0.0),
+            resume=save_path(result, tmp_path),
+        )
+
+
+def save_path(result, tmp_path):
+    from napari_unetkit.modelfile import save_model
+
+    return save_model(tmp_path / "choice.unet", result.model, result.description)

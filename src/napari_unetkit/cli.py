@@ -24,6 +24,7 @@ from napari_unetkit import __version__
 from napari_unetkit.demo import DEMO_TIME_LIMIT
 from napari_unetkit.precision import PRECISIONS
 from napari_unetkit.progress import Cancelled
+from napari_unetkit.weightmap import CLASS_BALANCES, DEFAULT_PRESET, PRESETS
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -127,6 +128,16 @@ class CancelOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _channel_list(text: str) -> list[int]:
+    """Parse ``--channels 0,1``."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected channel numbers separated by commas, e.g. 0,1; got {text!r}"
+        ) from None
+
+
 def _weightmap_settings(args: argparse.Namespace):
     """Build WeightMapSettings from the shared --preset/--w0/--sigma/... options."""
     from napari_unetkit.weightmap import settings_from
@@ -147,16 +158,16 @@ def _add_weightmap_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("boundary weight map")
     group.add_argument(
         "--preset",
-        choices=("paper", "falk2019"),
-        default="paper",
-        help="paper: w0 10, sigma 5 (Ronneberger et al. 2015); falk2019: the authors' Fiji "
-        "tool (ridge weight 50, sigma 6, smooth background weights). Default: paper.",
+        choices=tuple(PRESETS),
+        default=DEFAULT_PRESET,
+        help="unetkit: w0 10, sigma 5, class weights balanced up to a ratio of 3 (what training "
+        "uses by default); paper: w0 10, sigma 5, fully balanced class weights (Ronneberger et "
+        "al. 2015); falk2019: the authors' Fiji tool (ridge weight 50, sigma 6, smooth "
+        f"background weights). Default: {DEFAULT_PRESET}.",
     )
     group.add_argument("--w0", type=float, help="Border weight amplitude (overrides preset).")
     group.add_argument("--sigma", type=float, help="Border width in pixels (overrides preset).")
-    group.add_argument(
-        "--class-balance", choices=("none", "balanced", "falk"), help="Class weights w_c."
-    )
+    group.add_argument("--class-balance", choices=CLASS_BALANCES, help="Class weights w_c.")
     group.add_argument(
         "--no-separate", action="store_true", help="Do not cut ridges between touching cells."
     )
@@ -246,6 +257,7 @@ def _training_config(args: argparse.Namespace, channel_axis: int | None):
         "time_limit": args.time_limit,
         "weightmap": _weightmap_settings(args),
         "channel_axis": channel_axis,
+        "channels": args.channels,
         "device": args.device,
         "seed": args.seed,
         "augmentation": None if args.no_augment else AugmentationSettings(),
@@ -330,7 +342,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     channel_axis = args.channel_axis
     if channel_axis is None:
-        in_channels = predictor.config.in_channels
+        in_channels = predictor.input_channels[0]
         channel_axis = infer_channel_axis(image.shape, channels=in_channels)
         if in_channels == 1 and image.ndim == 3 and image.shape[-1] in (3, 4):
             kind = "RGB" if image.shape[-1] == 3 else "RGBA"
@@ -516,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
         "not annotated.",
     )
     data.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
+    data.add_argument(
+        "--channels",
+        type=_channel_list,
+        help="Channels the model reads, counted from 0, e.g. 0,1 for the red (nuclei) and "
+        "green (cytoplasm) of an RGB image with an empty blue (default: all). Prediction "
+        "picks the same channels.",
+    )
     train.add_argument("--out", required=True, help="Model file to write (.unet).")
     train.add_argument("--overwrite", action="store_true", help="Replace an existing file.")
     train.add_argument("--resume", help="Model file to continue training from.")

@@ -128,7 +128,7 @@ class TrainingData:
     n_classes : int
         ``K``, the number of network outputs.
     in_channels : int
-        Channels of every image slice.
+        Channels of every image slice (the chosen ones).
     mode : str
         ``"instances"`` or ``"classes"``.
     class_names : tuple of str
@@ -139,6 +139,12 @@ class TrainingData:
         The weight-map settings (instances mode).
     pairs : list of dict
         Per input pair: shapes, dtype, channel axis, slices used.
+    channels : list of int or None
+        The channels of the images the slices hold, in order (``None``: all of them).
+    source_channels : int
+        How many channels the images have (before the choice).
+    empty_channels : list of int
+        Chosen channels that hold one constant value in every annotated slice.
     """
 
     slices: list[TrainingSlice]
@@ -149,6 +155,9 @@ class TrainingData:
     normalization: NormalizationSettings = field(default_factory=NormalizationSettings)
     weightmap: WeightMapSettings | None = None
     pairs: list[dict] = field(default_factory=list)
+    channels: list[int] | None = None
+    source_channels: int = 1
+    empty_channels: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -444,6 +453,7 @@ def prepare_training_data(
     cancel: Event | None = None,
     progress: Callable[[int, int], None] | None = None,
     require_contrast: bool = True,
+    channels: Sequence[int] | None = None,
 ) -> TrainingData:
     """Turn ``(image, labels)`` pairs into normalised 2D training slices.
 
@@ -473,6 +483,8 @@ def prepare_training_data(
     require_contrast : bool
         Refuse a pair whose annotated slices are one constant value (nothing to learn from);
         ``False`` accepts them (e.g. a blank validation image).
+    channels : sequence of int, optional
+        The channels the model uses, in order (indices into the channel axis); default all.
 
     Returns
     -------
@@ -491,11 +503,16 @@ def prepare_training_data(
     pairs = [(_as_array(image), _as_array(labels)) for image, labels in pairs]
     if not pairs:
         raise ValueError("No training pairs were given: pass at least one (image, labels) pair.")
-    channels = {_check_pair(img, lab, channel_axis, mode, i) for i, (img, lab) in enumerate(pairs)}
-    if len(channels) > 1:
+    channels_found = {
+        _check_pair(img, lab, channel_axis, mode, i) for i, (img, lab) in enumerate(pairs)
+    }
+    if len(channels_found) > 1:
         raise ValueError(
-            f"All images must have the same number of channels, got {sorted(channels)}."
+            f"All images must have the same number of channels, got {sorted(channels_found)}."
         )
+    source_channels = channels_found.pop()
+    chosen = layout.check_channel_choice(channels, source_channels)
+    pick = slice(None) if chosen is None else chosen
     regions = _check_regions(pairs, regions)
     settings = _resolve_weightmap(weightmap) if mode == "instances" else None
     norm = normalization or NormalizationSettings()
@@ -505,6 +522,7 @@ def prepare_training_data(
     max_label, done = 0, 0
     for pair, ((image, labels), region) in enumerate(zip(pairs, regions, strict=True)):
         low, high = image_percentiles(image, channel_axis, norm)
+        low, high = low[pick], high[pick]
         used = 0
         for index in layout.slice_indices(tuple(image.shape), channel_axis):
             check_cancel(cancel)
@@ -517,7 +535,7 @@ def prepare_training_data(
                 else _class_target(labels_yx, region_yx)
             )
             if annotation is not None:
-                image_cyx = layout.get_slice(image, index, channel_axis)
+                image_cyx = layout.get_slice(image, index, channel_axis)[pick]
                 slices.append(
                     TrainingSlice(
                         apply_percentiles(np.asarray(image_cyx), low, high),
@@ -542,13 +560,25 @@ def prepare_training_data(
     return TrainingData(
         slices=slices,
         n_classes=n_classes,
-        in_channels=channels.pop(),
+        in_channels=slices[0].image.shape[0],
         mode=mode,
         class_names=_class_names(mode, n_classes, class_names),
         normalization=norm,
         weightmap=settings,
         pairs=infos,
+        channels=chosen,
+        source_channels=source_channels,
+        empty_channels=_empty_channels(slices, chosen),
     )
+
+
+def _empty_channels(slices: list[TrainingSlice], chosen: list[int] | None) -> list[int]:
+    """Chosen channels that are one constant value in every slice (e.g. an unused RGB colour)."""
+    n = slices[0].image.shape[0]
+    if n == 1:
+        return []
+    names = list(range(n)) if chosen is None else chosen
+    return [names[c] for c in range(n) if all(np.ptp(item.image[c]) == 0 for item in slices)]
 
 
 # --------------------------------------------------------------------------------------------

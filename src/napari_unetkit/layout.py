@@ -11,7 +11,7 @@ zarr-backed arrays lazy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import product
 
 import numpy as np
@@ -128,6 +128,44 @@ def get_slice(array, index: tuple[int, ...], channel_axis: int | None = None) ->
     # After integer indexing only channel, Y and X remain, in their original order.
     remaining_channel = channel - sum(axis < channel for axis in slice_axes)
     return np.moveaxis(data, remaining_channel, 0)
+
+
+def check_channel_choice(channels: Sequence[int] | None, available: int) -> list[int] | None:
+    """Validate a choice of channels (indices into the channel axis) for ``available`` channels.
+
+    Parameters
+    ----------
+    channels : sequence of int or None
+        The chosen channels, in the order the model sees them; ``None`` means all.
+    available : int
+        How many channels the images have.
+
+    Returns
+    -------
+    list of int or None
+        The choice as plain ints (``None`` stays ``None``).
+
+    Raises
+    ------
+    ValueError
+        For an empty choice, repeated or non-integer entries, or channels the images lack.
+    """
+    if channels is None:
+        return None
+    values = list(channels)
+    if not values:
+        raise ValueError("Choose at least one channel (or all channels).")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"Channels are whole numbers counted from 0, got {value!r}.")
+        if not 0 <= value < available:
+            have = (
+                "1 channel (0)" if available == 1 else f"{available} channels (0-{available - 1})"
+            )
+            raise ValueError(f"Channel {value} does not exist: the images have {have}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"Each channel can be chosen once, got {values}.")
+    return [int(v) for v in values]
 
 
 def slice_indices(shape: tuple[int, ...], channel_axis: int | None = None) -> list[tuple[int, ...]]:

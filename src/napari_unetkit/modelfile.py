@@ -304,6 +304,34 @@ def _format_score(value: object) -> str:
     return str(value)
 
 
+def _channel_choice(info: dict) -> str:
+    """`` (channels 0, 1 of 3)`` for a model reading some channels of its images, else ``""``."""
+    stored = info.get("channels")
+    if not isinstance(stored, dict) or not isinstance(stored.get("used"), list):
+        return ""
+    return f" (channels {', '.join(map(str, stored['used']))} of {stored.get('of')})"
+
+
+def _instances_text(info: dict) -> str:
+    """One line on the stored instance settings, e.g. the watershed levels and their score."""
+    stored = info.get("instances")
+    if not isinstance(stored, dict):
+        return ""
+    method = stored.get("method")
+    parts = [f"foreground > {_format_score(stored.get('threshold'))}"]
+    if method == "watershed":
+        parts.insert(0, "seeded watershed")
+        parts.append(f"seeds > {_format_score(stored.get('seed_threshold'))}")
+    else:
+        parts.insert(0, "connected components")
+    parts.append(f"objects >= {stored.get('min_size')} px")
+    text = "Instances: " + ", ".join(parts)
+    calibration = _get(info, "calibration", "val_f1")
+    if isinstance(calibration, (int, float)):
+        text += f" (chosen on validation data, F1 {_format_score(calibration)})"
+    return text
+
+
 def describe_model(description: Mapping) -> str:
     """Summarise a model description in a few human-readable lines.
 
@@ -331,7 +359,7 @@ def describe_model(description: Mapping) -> str:
     arch = info.get("architecture")
     if isinstance(arch, dict):
         if arch.get("in_channels") is not None:
-            lines.append(f"Input channels: {arch['in_channels']}")
+            lines.append(f"Input channels: {arch['in_channels']}{_channel_choice(info)}")
         parts = []
         if arch.get("depth") is not None:
             parts.append(f"depth {arch['depth']}")
@@ -358,6 +386,9 @@ def describe_model(description: Mapping) -> str:
         if epoch is not None:
             text += f" at epoch {epoch}"
         lines.append(text)
+    instances = _instances_text(info)
+    if instances:
+        lines.append(instances)
     shapes = info.get("data_shapes")
     if isinstance(shapes, (list, tuple)) and shapes:
         shown = ", ".join(

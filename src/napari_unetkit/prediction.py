@@ -491,6 +491,7 @@ class Predictor:
                 f"{self.config.n_classes}."
             )
         _normalization_settings(self.description)  # raises on a malformed entry
+        _check_channel_entry(self.description.get("channels"), self.config.in_channels)
         if mode == "instances":
             instance_settings_of(self.description)  # likewise
 
@@ -498,6 +499,14 @@ class Predictor:
     def precision_description(self) -> str:
         """The precision in words, e.g. ``"float32"`` (for progress lines and logs)."""
         return describe_precision(self.precision, self.device)
+
+    @property
+    def input_channels(self) -> tuple[int, list[int] | slice]:
+        """Channels an input image has, and which of them the network reads (in order)."""
+        stored = self.description.get("channels")
+        if not stored:
+            return self.config.in_channels, slice(None)
+        return int(stored["of"]), list(stored["used"])
 
     @property
     def instance_settings(self) -> postprocess.InstanceSettings:
@@ -758,13 +767,14 @@ class Predictor:
         check_image_dtype(image.dtype)
         if 0 in shape:
             raise ValueError(f"The image is empty (shape {shape}): choose an image with pixels.")
-        expected = self.config.in_channels
+        expected, pick = self.input_channels
         found = layout.n_channels(shape, channel_axis)
         if found != expected:
             raise ValueError(_channel_message(expected, found, shape, channel_axis))
         indices = _selected_slices(shape, channel_axis, slices)
         settings = _normalization_settings(self.description)
         low, high = image_percentiles(image, channel_axis, settings)
+        low, high = low[pick], high[pick]
 
         out_shape = layout.labels_shape(shape, channel_axis)
         labels = self._allocate_labels(kind, out_shape)
@@ -778,7 +788,8 @@ class Predictor:
             progress(0, total)
 
         def read(index: tuple[int, ...]) -> np.ndarray:
-            return apply_percentiles(layout.get_slice(image, index, channel_axis), low, high)
+            image_cyx = layout.get_slice(image, index, channel_axis)[pick]
+            return apply_percentiles(image_cyx, low, high)
 
         # Instances and probabilities of an instance model need only its foreground (class 1,
         # its last): predicting only it halves the probabilities held per slice.
@@ -906,6 +917,22 @@ def _positive(value: int, minimum: int, name: str = "The value") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def _check_channel_entry(stored: object, in_channels: int) -> None:
+    """Reject a malformed ``"channels"`` entry of a description (``{"used": [...], "of": n}``)."""
+    if stored is None:
+        return
+    try:
+        of = stored["of"]  # type: ignore[index]
+        used = layout.check_channel_choice(stored["used"], int(of))  # type: ignore[index]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"The model's channel choice {stored!r} is not valid ({error}).") from None
+    if used is None or len(used) != in_channels:
+        raise ValueError(
+            f"The model's channel choice {stored!r} does not fit a network reading "
+            f"{in_channels} channel(s)."
+        )
 
 
 def instance_settings_of(description: Mapping) -> postprocess.InstanceSettings:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unetkit import __version__, metrics, postprocess
+from napari_unetkit import __version__, layout, metrics, postprocess
 from napari_unetkit import data as data_module
 from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.calibration import ValidationMap, calibrate_instances, candidate_settings
@@ -176,6 +177,11 @@ class TrainConfig:
         CPU threads; ``None``: every core this process may use.
     channel_axis : int or None
         Channel axis of the training images, if any.
+    channels : list of int or None
+        The channels the model reads, in order (indices into the channel axis, e.g. ``[0, 1]``
+        for the nuclei and cytoplasm of an RGB image whose blue is empty); ``None``: all.
+        Prediction picks the same channels from images with the training images' channel
+        count.
     normalization : NormalizationSettings
         Percentile normalisation (stored in the model and repeated at prediction).
     class_names : list of str or None
@@ -213,6 +219,7 @@ class TrainConfig:
     amp_dtype: str | None = None
     threads: int | None = None
     channel_axis: int | None = None
+    channels: list[int] | None = None
     normalization: NormalizationSettings = field(default_factory=NormalizationSettings)
     class_names: list[str] | None = None
 
@@ -251,6 +258,8 @@ class TrainConfig:
                 f"got {self.val_fraction!r}."
             )
         _positive_int(self.threads, "threads", allow_none=True)
+        if self.channels is not None:
+            layout.check_channel_choice(self.channels, max(self.channels, default=0) + 1)
         self.weightmap_settings()  # raises for an unknown preset
         if self.augmentation is not None and not isinstance(
             self.augmentation, AugmentationSettings
@@ -710,6 +719,7 @@ def _prepare(
         list(source),
         mode=config.mode,
         channel_axis=config.channel_axis,
+        channels=config.channels,
         regions=regions,
         weightmap=config.weightmap_settings(),
         normalization=normalization,
@@ -741,6 +751,7 @@ def _split(
             pairs,
             mode=config.mode,
             channel_axis=config.channel_axis,
+            channels=data.channels,
             regions=[np.ones(np.shape(labels), dtype=bool) for _, labels in pairs],
             weightmap=config.weightmap_settings(),
             normalization=normalization,
@@ -762,7 +773,12 @@ def _check_resume(description: dict, model: UNet, data: data_module.TrainingData
     problems = []
     if mode is not None and mode != data.mode:
         problems.append(f"it was trained in {mode!r} mode, the data is for {data.mode!r} mode")
-    if model.config.in_channels != data.in_channels:
+    used = (description.get("channels") or {}).get("used")
+    if used != data.channels:
+        problems.append(
+            f"it reads the channels {used or 'all'}, this training uses {data.channels or 'all'}"
+        )
+    elif model.config.in_channels != data.in_channels:
         problems.append(
             f"it reads {model.config.in_channels} channel(s), the images have {data.in_channels}"
         )
@@ -783,6 +799,22 @@ def _resume_notes(config: TrainConfig, model: UNet, path: Any) -> list[str]:
             "training configuration were ignored"
         )
     return notes
+
+
+def _empty_channel_note(data: data_module.TrainingData) -> str:
+    """Say which channels hold nothing, and how to leave them out."""
+    empty = data.empty_channels
+    used = data.channels if data.channels is not None else list(range(data.source_channels))
+    rest = [c for c in used if c not in empty]
+    if len(empty) == 1:
+        which = f"channel {empty[0]} holds"
+    else:
+        which = f"channels {', '.join(map(str, empty[:-1]))} and {empty[-1]} hold"
+    note = f"{which} one constant value in every annotated slice, so it carries nothing"
+    if rest:
+        option = ",".join(map(str, rest))
+        note += f"; train on the others with channels={rest} (--channels {option})"
+    return note
 
 
 def _auto_steps(config: TrainConfig, train_slices: list) -> int:
@@ -1151,6 +1183,9 @@ class _Run:
             "class_names": s.class_names,
             "in_channels": s.data.in_channels,
             "channel_axis": self.config.channel_axis,
+            "channels": None
+            if s.data.channels is None
+            else {"used": s.data.channels, "of": s.data.source_channels},
             "normalization": s.normalization.to_dict(),
             "weightmap": None if s.data.weightmap is None else s.data.weightmap.to_dict(),
             "instances": self.instance_settings.to_dict()
@@ -1399,6 +1434,9 @@ def _train(
     data = _prepare(pairs_or_data, config, normalization, regions, cancel, report)
     train_slices, val_slices = _split(data, validation, config, data.normalization, cancel)
     notes: list[str] = []
+    if data.empty_channels:
+        notes.append(_empty_channel_note(data))
+        warnings.warn(notes[-1][:1].upper() + notes[-1][1:] + ".", UserWarning, stacklevel=3)
     previous_history: list[dict] = []
     if resumed is not None:
         _check_resume(resumed[1], resumed[0], data, resume)

@@ -36,6 +36,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "CLASS_BALANCES",
+    "DEFAULT_PRESET",
     "PRESETS",
     "WeightMapSettings",
     "boundary_weight_map",
@@ -251,6 +253,9 @@ class WeightMapSettings:
             radius = max(radius, _term_radius(smooth, self.background_sigma, self.tol))
         return radius
 
+
+#: The preset training uses unless told otherwise (and the weight-map panel and command show).
+DEFAULT_PRESET = "unetkit"
 
 #: Names of the settings, in signature order (the keywords the public functions share).
 _SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(WeightMapSettings))

@@ -50,7 +50,8 @@ from napari_unetkit._napari.torch_guard import protect_from_triton_crash
 from napari_unetkit.device import available_devices, describe_device
 from napari_unetkit.model import UNet
 from napari_unetkit.modelfile import ModelFileError, describe_model, load_model
-from napari_unetkit.prediction import PredictionResult, Predictor
+from napari_unetkit.postprocess import InstanceSettings
+from napari_unetkit.prediction import PredictionResult, Predictor, instance_settings_of
 
 #: Model files up to this size are loaded in the GUI thread when chosen (well under a second);
 #: larger ones are loaded in a worker.
@@ -92,8 +93,14 @@ class ChosenModel:
 
     @property
     def in_channels(self) -> int:
-        """Number of input channels the network expects."""
-        return self.model.config.in_channels
+        """Number of channels an input image must have (the network may read some of them)."""
+        stored = self.description.get("channels")
+        return int(stored["of"]) if stored else self.model.config.in_channels
+
+    @property
+    def instance_settings(self) -> InstanceSettings:
+        """The instance settings stored with the model."""
+        return instance_settings_of(self.description)
 
     @property
     def mode(self) -> str:
@@ -113,7 +120,8 @@ class PredictSettings:
     """What the user chose in the widget, as passed to :meth:`Predictor.predict`."""
 
     output: str = "instances"
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the model's own
+    min_size: int | None = None  # None: the model's own
     link_3d: bool = False
     probabilities: bool = False
     tta: bool = False
@@ -271,6 +279,7 @@ def prediction_job(
             channel_axis,
             output=settings.output,
             threshold=settings.threshold,
+            min_size=settings.min_size,
             link_3d=settings.link_3d,
             return_probabilities=settings.probabilities,
             slices=settings.slices,
@@ -405,7 +414,7 @@ class PredictWidget(Container):
             {
                 "model_file": self._file,
                 "output": self._output,
-                "threshold": self._threshold,
+                "own_instance_settings": self._own_settings,
                 "link_3d": self._link_3d,
                 "probabilities": self._probabilities,
                 "tta": self._tta,
@@ -443,6 +452,12 @@ class PredictWidget(Container):
             tooltip="instances: every object gets its own id. semantic: one label per class "
             "(instance models: 1 = foreground).",
         )
+        self._own_settings = CheckBox(
+            text="Use the model's instance settings",
+            value=True,
+            tooltip="The threshold and smallest object size chosen for this model on its "
+            "validation data after training. Untick to set your own.",
+        )
         self._threshold = FloatSpinBox(
             label="Threshold",
             value=0.5,
@@ -451,6 +466,14 @@ class PredictWidget(Container):
             step=0.05,
             tooltip="Foreground probability above which a pixel belongs to an object. Lower "
             "it if objects are missed or too small, raise it if they merge.",
+        )
+        self._min_size = SpinBox(
+            label="Smallest object (px)",
+            value=10,
+            min=0,
+            max=1_000_000,
+            tooltip="Objects with fewer pixels are removed (debris, noise). Raise it if small "
+            "fragments appear.",
         )
         self._link_3d = CheckBox(
             text="Link instances across slices (3D)",
@@ -501,7 +524,9 @@ class PredictWidget(Container):
                 self._about,
                 self._image,
                 self._output,
+                self._own_settings,
                 self._threshold,
+                self._min_size,
                 self._link_3d,
                 self._probabilities,
                 self._tta,
@@ -516,7 +541,13 @@ class PredictWidget(Container):
 
     def _connect(self) -> None:
         self._file.changed.connect(self._on_file_chosen)
-        for field_ in (self._source, self._image, self._output, self._current_slice):
+        for field_ in (
+            self._source,
+            self._image,
+            self._output,
+            self._current_slice,
+            self._own_settings,
+        ):
             field_.changed.connect(self._validate)
         self._run.changed.connect(self._run_or_cancel)
         self._viewer.dims.events.point.connect(self._validate_if_previewing)
@@ -657,9 +688,22 @@ class PredictWidget(Container):
         self._set_output_choices(chosen)
         instances = self._output.value == "instances"
         stack = self._is_stack(self._image.value)
-        self._threshold.enabled = instances
+        self._show_instance_settings(chosen, instances)
         self._link_3d.enabled = instances and stack
         self._current_slice.enabled = stack
+
+    def _show_instance_settings(self, chosen: ChosenModel | None, instances: bool) -> None:
+        """Show the model's own threshold and size (read-only) or let the user set them."""
+        own = bool(self._own_settings.value)
+        self._own_settings.enabled = instances
+        for field_ in (self._threshold, self._min_size):
+            field_.enabled = instances and not own
+        if not own or chosen is None or chosen.mode != "instances":
+            return
+        stored = chosen.instance_settings
+        with self._threshold.changed.blocked(), self._min_size.changed.blocked():
+            self._threshold.value = round(stored.threshold, 2)
+            self._min_size.value = stored.min_size
 
     def _set_output_choices(self, chosen: ChosenModel | None) -> None:
         wanted = ("semantic",) if chosen and chosen.mode == "classes" else ("instances", "semantic")
@@ -684,9 +728,11 @@ class PredictWidget(Container):
         slices = None
         if stack and self._current_slice.value:
             slices = [visible_slice(self._viewer, layer)]
+        own = bool(self._own_settings.value)
         return PredictSettings(
             output=self._output.value,
-            threshold=float(self._threshold.value),
+            threshold=None if own else float(self._threshold.value),
+            min_size=None if own else int(self._min_size.value),
             link_3d=bool(self._link_3d.value and instances and stack),
             probabilities=bool(self._probabilities.value),
             tta=bool(self._tta.value),

@@ -17,6 +17,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     SpinBox,
 )
 from qtpy.QtWidgets import QAbstractSpinBox
@@ -25,7 +26,7 @@ from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.device import available_devices, describe_device, usable_cpu_count
 from napari_unetkit.modelfile import SUFFIX
 from napari_unetkit.training import OPTIMIZERS, SCHEDULES, TrainConfig
-from napari_unetkit.weightmap import PRESETS, WeightMapSettings, settings_from
+from napari_unetkit.weightmap import DEFAULT_PRESET, PRESETS, WeightMapSettings, settings_from
 
 #: Model sizes offered to the user -> number of feature maps of the first level.
 MODEL_SIZES = {"small": 8, "medium": 16, "large": 32}
@@ -43,6 +44,26 @@ def default_size() -> str:
         if channels == _DEFAULTS.base_channels:
             return name
     return "medium"
+
+
+def parse_channels(text: str) -> list[int] | None:
+    """Read the Channels field: empty or "all" means every channel, else e.g. "0, 1".
+
+    Raises
+    ------
+    ValueError
+        For anything but channel numbers separated by commas (or spaces).
+    """
+    words = text.replace(",", " ").split()
+    if not words or words == ["all"]:
+        return None
+    try:
+        return [int(word) for word in words]
+    except ValueError:
+        raise ValueError(
+            f"Channels: write the channel numbers counted from 0, e.g. 0, 1 (or 'all'), "
+            f"not {text!r}."
+        ) from None
 
 
 def auto_threads() -> int:
@@ -147,6 +168,7 @@ class TrainSettings(Container):
                 self.minutes,
                 self.learning_rate,
                 self.val_fraction,
+                self.channels,
                 self.weight_preset,
                 self.w0,
                 self.sigma,
@@ -194,6 +216,13 @@ class TrainSettings(Container):
             max=256,
             value=_DEFAULTS.batch_size,
             tooltip="Patches per learning step. Lower it if you run out of (GPU) memory.",
+        )
+        self.channels = LineEdit(
+            label="Channels",
+            value="all",
+            tooltip="Colour or multichannel images: the channels the model reads, counted from "
+            "0 (e.g. 0, 1 for the red nuclei and green cytoplasm of an RGB image whose blue is "
+            "empty). 'all' reads every channel. Prediction picks the same channels.",
         )
         self.train_for = ComboBox(
             label="Train for",
@@ -257,10 +286,11 @@ class TrainSettings(Container):
         self.weight_preset = ComboBox(
             label="Weight map",
             choices=(*PRESETS, "custom"),
-            value="paper" if _DEFAULTS.weightmap == "paper" else "custom",
+            value=_DEFAULTS.weightmap if _DEFAULTS.weightmap in PRESETS else "custom",
             tooltip="Instances mode: how strongly the network is pushed to keep the thin gaps "
-            "between touching cells. paper: Ronneberger et al. 2015; falk2019: the authors' "
-            "Fiji tool (stronger gaps).",
+            "between touching cells. unetkit: the paper's gap weight with class weights that "
+            "never drown it on sparse images (the default); paper: Ronneberger et al. 2015; "
+            "falk2019: the authors' Fiji tool (stronger gaps).",
         )
         preset = _DEFAULTS.weightmap_settings()
         self.w0 = FloatSpinBox(
@@ -387,11 +417,11 @@ class TrainSettings(Container):
         return self.threads.value or auto_threads()
 
     def weightmap(self) -> WeightMapSettings:
-        """Return the weight-map settings shown (a preset, or the paper's with new w0/sigma)."""
+        """Return the weight-map settings shown (a preset, or the default's with new w0/sigma)."""
         name = self.weight_preset.value
         if name in PRESETS:
             return PRESETS[name]
-        return settings_from("paper", w0=self.w0.value, sigma=self.sigma.value)
+        return settings_from(DEFAULT_PRESET, w0=self.w0.value, sigma=self.sigma.value)
 
     def config(self, mode: str, channel_axis: int | None) -> TrainConfig:
         """Build the training configuration from the fields.
@@ -430,6 +460,7 @@ class TrainSettings(Container):
             device=self.device.value,
             threads=self.cpu_threads,
             channel_axis=channel_axis,
+            channels=parse_channels(self.channels.value),
         )
 
     def remembered_fields(self) -> dict:
@@ -443,6 +474,7 @@ class TrainSettings(Container):
             "minutes": self.minutes,
             "learning_rate": self.learning_rate,
             "val_fraction": self.val_fraction,
+            "channels": self.channels,
             "weight_preset": self.weight_preset,
             "w0": self.w0,
             "sigma": self.sigma,
