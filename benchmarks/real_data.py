@@ -97,7 +97,11 @@ def keep_scored(pred: np.ndarray, scored: np.ndarray | None) -> np.ndarray:
 
 
 def merges_and_splits(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
-    """Predicted objects holding most of >= 2 true ones; true objects holding most of >= 2 predicted."""
+    """Count merges and splits.
+
+    A merge is a predicted object holding most of two or more true objects; a split is a true
+    object holding most of two or more predicted objects.
+    """
     table = overlaps(truth, pred)
     if table.rows.size == 0:
         return 0, 0
@@ -169,10 +173,17 @@ def run_unetkit(dataset: real_datasets.Dataset, budget: float, keep: Path | None
         train_seconds,
         time.perf_counter() - start,
         steps=result.steps_run,
-        notes="no validation"
-        if result.best_score is None
-        else f"best val F1 {result.best_score:.3f}",
+        notes=_validation_note(result.best_score, result.description),
     )
+
+
+def _validation_note(best: float | None, description: dict) -> str:
+    """The best validation F1 and the instance settings chosen on validation data."""
+    if best is None:
+        return "no validation"
+    settings = description.get("instances") or {}
+    chosen = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "grow")
+    return f"best val F1 {best:.3f}; instances: {chosen}"
 
 
 def forward_whole(model: torch.nn.Module, image_cyx: np.ndarray) -> np.ndarray:
@@ -255,9 +266,8 @@ def classical_parameters(dataset: real_datasets.Dataset) -> tuple[bool, int]:
     inside, outside, radii = [], [], []
     for image, labels, region in dataset.train:
         image_slices = [s for _, s in iter_slices(np.asarray(image), dataset.channel_axis)]
-        for image_cyx, plane, reg in zip(
-            image_slices, planes(labels), planes(region) if region is not None else [None] * 999
-        ):
+        region_planes = planes(region) if region is not None else [None] * len(image_slices)
+        for image_cyx, plane, reg in zip(image_slices, planes(labels), region_planes, strict=True):
             grey = _grey(image_cyx)
             known = np.ones(plane.shape, bool) if reg is None else reg
             inside.append(grey[(plane > 0) & known].mean())
@@ -317,7 +327,7 @@ def figure(dataset: real_datasets.Dataset, results: dict, path: Path) -> None:
     truth2d = planes(truth)[index]
     low, high = np.percentile(grey, (1, 99.8))
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 5.4))
-    for ax, (name, result) in zip(np.atleast_1d(axes), results.items()):
+    for ax, (name, result) in zip(np.atleast_1d(axes), results.items(), strict=True):
         pred = planes(result.labels[0])[index]
         if scored is not None:
             pred = keep_scored(pred, planes(scored)[index])
@@ -395,11 +405,12 @@ def main(argv: list[str] | None = None) -> dict:
                     "notes": result.notes,
                 }
             )
+            notes = f", {result.notes}" if result.notes else ""
             print(
                 f"   {method:<10} F1@0.5 {scores['f1@0.5']:.3f}  AP@0.5 {scores['ap@0.5']:.3f}  "
                 f"mean IoU {scores['mean_iou']:.3f}  merges {scores['merges']}  "
                 f"splits {scores['splits']}  ({result.train_seconds:.0f} s train, "
-                f"{result.predict_seconds:.1f} s predict{', ' + result.notes if result.notes else ''})",
+                f"{result.predict_seconds:.1f} s predict{notes})",
                 flush=True,
             )
         if args.figures is not None:
