@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -21,9 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unetkit import __version__
-from napari_unetkit.demo import DEMO_TIME_LIMIT
-from napari_unetkit.precision import PRECISIONS
-from napari_unetkit.progress import Cancelled
+from napari_unetkit.progress import GENERIC_CANCEL, Cancelled
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -42,14 +41,19 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     """Refuse an existing output (unless ``overwrite``), a missing or read-only folder, early.
 
     Every output is checked before any work starts, so that a long run never ends in a file
-    that cannot be written.
+    that cannot be written. Only regular files are ever replaced: a folder, device, FIFO,
+    socket or symbolic link loop is refused even with ``overwrite``.
     """
-    from napari_unetkit.io import check_writable, os_error_text
+    from napari_unetkit.io import check_target, check_writable, os_error_text
 
     path = Path(path)
     if path.is_dir():
         raise CommandError(f"{path} is a folder; give a file name to write.")
-    if path.exists() and not overwrite:
+    try:
+        check_target(path)
+    except OSError as error:
+        raise CommandError(os_error_text(error)) from None
+    if os.path.lexists(path) and not overwrite:
         raise CommandError(f"{path} already exists; pass --overwrite to replace it.")
     if not path.parent.is_dir():
         raise CommandError(f"The folder {path.parent} does not exist; create it first.")
@@ -104,27 +108,60 @@ class TextProgress:
         return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+#: Signals that stop the command as Ctrl-C does: interrupt, terminate (``kill``, ``timeout``,
+#: batch-system time limits, ``docker stop``) and hang-up (the terminal closed).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class _Stops:
+    """The stop signals this command received (``None``: none); read by :func:`run`."""
+
+    #: The signal that asked the running job to stop cleanly.
+    cancelled: int | None = None
+    #: The signal that aborted the command (a second one, or one outside a job).
+    aborted: int | None = None
+
+
+def _abort(signum: int, frame) -> None:
+    """Outside a cancellable job a stop signal aborts at once (writes clean up after themselves)."""
+    _Stops.aborted = signum
+    raise KeyboardInterrupt
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 class CancelOnInterrupt:
-    """First Ctrl-C sets a cancel event (the job stops cleanly); a second one aborts."""
+    """First stop signal sets a cancel event (the job stops cleanly); a second one aborts.
+
+    Ctrl-C (SIGINT), SIGTERM and SIGHUP are all handled this way while the job runs.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def _handler(self, signum, frame) -> None:
         if self.event.is_set():
-            raise KeyboardInterrupt
+            _abort(signum, frame)
+        _Stops.cancelled = signum
         self.event.set()
-        print("\nStopping after the current step (Ctrl-C again to abort)...", file=sys.stderr)
+        name = _signal_name(signum)
+        print(f"\nStopping after the current step ({name} again to abort)...", file=sys.stderr)
 
     def __enter__(self) -> threading.Event:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handler)
         return self.event
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
 
 def _weightmap_settings(args: argparse.Namespace):
@@ -459,7 +496,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the ``unetkit`` argument parser."""
+    """Return the ``unetkit`` argument parser (it imports PyTorch, for the defaults)."""
+    from napari_unetkit.demo import DEMO_TIME_LIMIT
+    from napari_unetkit.precision import PRECISIONS
+
     parser = argparse.ArgumentParser(
         prog="unetkit",
         description="Train and run U-Nets for microscopy segmentation (napari-unetkit).",
@@ -634,19 +674,35 @@ def error_message(error: BaseException) -> str:
     )
 
 
+def _exit_status(signum: int | None) -> int:
+    """Return the exit status of a command stopped by ``signum`` (128 + it; 130 for Ctrl-C)."""
+    return 128 + (signum or signal.SIGINT)
+
+
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand, turning errors into one-line messages (tracebacks with ``--debug``)."""
+    """Run a subcommand, turning errors into one-line messages (tracebacks with ``--debug``).
+
+    Ctrl-C, SIGTERM and SIGHUP stop it: a job in progress stops cleanly at its next check
+    (a training keeps its best model), a second signal, or one outside a job, aborts; either
+    way no partial file is left and the exit status is 128 + the signal number (130 for
+    Ctrl-C).
+    """
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
             return handler(args)
-        except Cancelled:
-            print("unetkit: cancelled.", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except Cancelled as error:
+            text = str(error)
+            detail = "" if text in ("", GENERIC_CANCEL) else f" {_one_line(text)}"
+            print(f"unetkit: cancelled.{detail}", file=sys.stderr)
+            return _exit_status(_Stops.cancelled)
         except KeyboardInterrupt:
             print("\nunetkit: interrupted.", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _exit_status(_Stops.aborted)
         except Exception as error:
+            if _Stops.aborted is not None:  # a library turned the interrupt into its own error
+                print("\nunetkit: interrupted.", file=sys.stderr)
+                return _exit_status(_Stops.aborted)
             if args.debug:
                 raise
             print(f"unetkit: error: {error_message(error)}", file=sys.stderr)
@@ -654,10 +710,26 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``unetkit`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return run(args.handler, args)
+    """Entry point of the ``unetkit`` command; returns the exit status.
+
+    From the first line on, Ctrl-C, SIGTERM and SIGHUP end the command with a one-line message
+    (never a traceback), also while PyTorch is still being imported.
+    """
+    _Stops.cancelled = _Stops.aborted = None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, _abort) for signum in STOP_SIGNALS}
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except KeyboardInterrupt:
+            print("\nunetkit: interrupted.", file=sys.stderr)
+            return _exit_status(_Stops.aborted)
+        return run(args.handler, args)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

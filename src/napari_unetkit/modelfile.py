@@ -79,7 +79,13 @@ def _json_default(value: object) -> object:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def save_model(path: str | os.PathLike, model: UNet, description: Mapping | None = None) -> Path:
+def save_model(
+    path: str | os.PathLike,
+    model: UNet,
+    description: Mapping | None = None,
+    *,
+    overwrite: bool = True,
+) -> Path:
     """Save a model and its description atomically.
 
     Parameters
@@ -94,6 +100,9 @@ def save_model(path: str | os.PathLike, model: UNet, description: Mapping | None
         settings, history, metrics, data shapes). ``"architecture"`` is set from
         ``model.config``; ``"package_version"`` and ``"created"`` (ISO 8601, UTC) are added if
         missing.
+    overwrite : bool
+        Replace an existing file (default); with ``False`` an existing file, also one created
+        while saving, raises ``FileExistsError`` (see :func:`napari_unetkit.io.atomic_write`).
 
     Returns
     -------
@@ -130,7 +139,7 @@ def save_model(path: str | os.PathLike, model: UNet, description: Mapping | None
         "state_dict": state,
     }
     path = _with_suffix(Path(path))
-    with atomic_write(path, "wb") as file:
+    with atomic_write(path, "wb", overwrite=overwrite) as file:
         torch.save(payload, file)
     return path
 

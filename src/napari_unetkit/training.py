@@ -19,8 +19,10 @@ Budget
 Cancel
     ``cancel`` (a :class:`threading.Event`) is checked before every step and between
     validation slices. When it is set, training stops within one step and :func:`train`
-    returns normally with ``stopped_by="cancel"``. Only a cancel during data preparation,
-    before any model exists, raises :class:`napari_unetkit.progress.Cancelled`.
+    returns normally with ``stopped_by="cancel"``. A cancel before the first training step
+    (during data preparation, or after it but before any step ran) saves nothing, so an
+    untrained network never replaces an existing file: :func:`train` then raises
+    :class:`napari_unetkit.progress.Cancelled` with :data:`NOTHING_SAVED` as its message.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ from napari_unetkit.precision import computes_16bit_natively
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.weightmap import PRESETS, WeightMapSettings
+
+#: The message of the :class:`Cancelled` raised by a stop before the first training step.
+NOTHING_SAVED = "Stopped before the first training step: no model was saved."
 
 #: Training modes: separated instances (2 classes) or user classes ``1..K``.
 MODES = ("instances", "classes")
@@ -1112,6 +1117,8 @@ class _Run:
                 self.stopped_by = "epochs"
                 break
             self.run_epoch()
+            if self.stopped_by == "cancel" and self.steps_run == 0:
+                raise Cancelled(NOTHING_SAVED)  # nothing trained: keep any existing file
             if self.stopped_by == "cancel" or self.epoch_steps == 0:
                 break
             self.finish_epoch()
@@ -1328,7 +1335,8 @@ def train(
         Called with a :class:`TrainProgress` after every step, at every epoch end and at each
         stage change. It runs in the training thread: keep it cheap.
     cancel : threading.Event, optional
-        When set, training stops within one step and the function returns normally.
+        When set, training stops within one step and the function returns normally (having
+        saved the best model), unless no step has run yet (see Raises).
     on_epoch_end : callable, optional
         ``on_epoch_end(model, entry)``, called in the training thread after every validated
         epoch (after the best model was saved) with the live model (in training mode) and the
@@ -1345,7 +1353,9 @@ def train(
     ValueError
         For invalid settings, unusable data, or a resumed model that does not fit the data.
     napari_unetkit.progress.Cancelled
-        Only if ``cancel`` is set while the data is being prepared (no model exists yet).
+        Only if ``cancel`` is set before the first training step (while the data is being
+        prepared, or before the first step ran); nothing is saved then and the message is
+        :data:`NOTHING_SAVED`.
     FloatingPointError
         If the loss stays non-finite for many steps in a row (learning rate far too high).
     """
@@ -1396,8 +1406,11 @@ def _train(
         normalization = NormalizationSettings.from_dict(resumed[1]["normalization"])
     report = _preparation_reporter(progress, start)
     report(0, 0)
-    data = _prepare(pairs_or_data, config, normalization, regions, cancel, report)
-    train_slices, val_slices = _split(data, validation, config, data.normalization, cancel)
+    try:
+        data = _prepare(pairs_or_data, config, normalization, regions, cancel, report)
+        train_slices, val_slices = _split(data, validation, config, data.normalization, cancel)
+    except Cancelled:
+        raise Cancelled(NOTHING_SAVED) from None
     notes: list[str] = []
     previous_history: list[dict] = []
     if resumed is not None:

@@ -1,0 +1,199 @@
+"""Writing files safely against races, odd targets, full disks and leftovers of killed processes.
+
+The writer under test is :func:`napari_unetkit.io.atomic_write`, through which every file the
+package writes goes (TIFFs, model files).
+"""
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from bad_cases import cells, error_line, temp_files, untrained_model
+
+from napari_unetkit import cli, io
+from napari_unetkit.model import UNet, UNetConfig
+from napari_unetkit.modelfile import save_model
+
+ARRAY = np.arange(12, dtype=np.uint16).reshape(3, 4)
+
+
+def _appearing_meanwhile(monkeypatch, target, content: bytes) -> None:
+    """Make ``target`` appear (another process's result) while the TIFF is being written."""
+    real = tifffile.imwrite
+
+    def imwrite(file, data, **kwargs) -> None:
+        real(file, data, **kwargs)
+        target.write_bytes(content)
+
+    monkeypatch.setattr(tifffile, "imwrite", imwrite)
+
+
+@pytest.mark.parametrize("publish", ["renameat2", "hard link"])
+def test_no_overwrite_never_replaces_a_file_that_appeared_while_writing(
+    publish, tmp_path, monkeypatch
+):
+    if publish == "hard link":
+        monkeypatch.setattr(io, "_RENAMEAT2", None)
+    elif io._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+    target = tmp_path / "labels.tif"
+    _appearing_meanwhile(monkeypatch, target, b"the other process's labels")
+    with pytest.raises(FileExistsError, match="already exists"):
+        io.write_tiff(target, ARRAY)
+    assert target.read_bytes() == b"the other process's labels"
+    assert temp_files(tmp_path) == []
+
+
+def test_no_overwrite_publishes_a_new_file(tmp_path, monkeypatch):
+    for publish in ("renameat2", "hard link"):
+        if publish == "hard link":
+            monkeypatch.setattr(io, "_RENAMEAT2", None)
+        target = tmp_path / f"{publish}.tif"
+        io.write_tiff(target, ARRAY)
+        np.testing.assert_array_equal(tifffile.imread(target), ARRAY)
+    assert temp_files(tmp_path) == []
+
+
+RACER = """
+import sys, numpy as np
+from napari_unetkit import io
+start = float(sys.argv[2])
+import time
+while time.time() < start:
+    pass
+try:
+    io.write_tiff(sys.argv[1], np.full((64, 64), int(sys.argv[3]), np.uint16))
+except FileExistsError:
+    sys.exit(3)
+"""
+
+
+def test_two_processes_writing_one_new_name(tmp_path):
+    """Several real processes race for one name: exactly one wins, the others are refused."""
+    target = tmp_path / "same.tif"
+    start = time.time() + 4.0
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(target), str(start), str(n)], env=env)
+        for n in (1, 2, 3)
+    ]
+    codes = [racer.wait(timeout=120) for racer in racers]
+    assert sorted(codes) == [0, 3, 3]
+    winner = codes.index(0) + 1
+    assert (tifffile.imread(target) == winner).all()
+    assert temp_files(tmp_path) == []
+
+
+def test_model_file_no_overwrite(tmp_path, monkeypatch):
+    model = UNet(UNetConfig(depth=2, base_channels=4))
+    target = tmp_path / "m.unet"
+    real = torch.save
+
+    def save(payload, file) -> None:
+        real(payload, file)
+        target.write_bytes(b"someone else's model")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(FileExistsError):
+        save_model(target, model, overwrite=False)
+    assert target.read_bytes() == b"someone else's model"
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_overwrite_never_replaces_a_fifo_or_a_folder(tmp_path):
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="named pipe"):
+        io.write_tiff(fifo, ARRAY, overwrite=True)
+    folder = tmp_path / "folder.tif"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError):
+        io.write_tiff(folder, ARRAY, overwrite=True)
+    loop = tmp_path / "loop.tif"
+    os.symlink(loop, loop)
+    with pytest.raises(OSError, match="symbolic link loop"):
+        io.write_tiff(loop, ARRAY, overwrite=True)
+    assets = {p.name: p.is_fifo() for p in tmp_path.iterdir()}
+    assert assets == {"pipe.tif": True, "folder.tif": False, "loop.tif": False}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_cli_overwrite_refuses_a_fifo_before_any_work(tmp_path, capsys):
+    model = untrained_model(tmp_path / "m.unet")
+    np.save(tmp_path / "image.npy", cells((16, 16))[0])
+    fifo = tmp_path / "out.tif"
+    os.mkfifo(fifo)
+    argv = ["predict", "--model", model, "--image", tmp_path / "image.npy", "--out", fifo,
+            "--overwrite", "--device", "cpu"]  # fmt: skip
+    code = cli.main([str(arg) for arg in argv])
+    line = error_line(code, capsys.readouterr().err)
+    assert "is a named pipe (FIFO), not a regular file" in line
+    assert fifo.is_fifo()
+
+
+def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
+    target = tmp_path / "labels.tif"
+    old = time.time() - 2 * io.STALE_TEMP_SECONDS
+    dead = 2**22 + 12345  # above Linux's largest process id: no such process
+    names = {
+        f".labels.tif.{dead}-abc123.tmp": (old, False),  # killed writer, old: removed
+        ".labels.tif.k2j4h5.tmp": (old, False),  # older versions' name, old: removed
+        f".labels.tif.{dead}-fresh1.tmp": (time.time(), True),  # too recent: kept
+        f".labels.tif.{os.getpid()}-mine12.tmp": (old, True),  # a live writer: kept
+        f".other.tif.{dead}-abc123.tmp": (old, True),  # another target's: kept
+        "labels.tif.notes": (old, True),  # not a temporary file: kept
+    }
+    for name, (mtime, _) in names.items():
+        (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (mtime, mtime))
+    io.write_tiff(target, ARRAY)
+    kept = sorted(name for name, (_, keep) in names.items() if keep)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "labels.tif") == kept
+
+
+def test_disk_full_short_write_and_torch_error_give_the_documented_sentence(tmp_path, monkeypatch):
+    """A full disk, however the library reports it, is reported as a full disk."""
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"old")
+
+    def short_write(file, data, **kwargs) -> None:  # numpy's tofile on a full disk
+        raise OSError("262144 requested and 112488 written")
+
+    monkeypatch.setattr(tifffile, "imwrite", short_write)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda folder: SimpleNamespace(free=0))
+    with pytest.raises(OSError, match="No space left on the disk while writing") as info:
+        io.write_tiff(target, ARRAY, overwrite=True)
+    assert str(info.value).endswith("any existing file there was left unchanged")
+    assert target.read_bytes() == b"old" and temp_files(tmp_path) == []
+
+
+def test_disk_full_inside_torch_save_is_a_full_disk(tmp_path, monkeypatch):
+    """torch.save turns the writer's ENOSPC into 'RuntimeError: ... inline_container.cc'."""
+
+    class Full:
+        def __init__(self, file) -> None:
+            self.file, self.written = file, 0
+
+        def write(self, data) -> int:
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda payload, file: real_save(payload, Full(file)))
+    target = tmp_path / "m.unet"
+    with pytest.raises(OSError, match="No space left on the disk while writing"):
+        save_model(target, UNet(UNetConfig(depth=2, base_channels=4)))
+    assert list(tmp_path.iterdir()) == []
