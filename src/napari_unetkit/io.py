@@ -117,6 +117,33 @@ def check_target(path: str | os.PathLike) -> None:
         )
 
 
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Say why ``path`` cannot be read as a file (``None`` when it is a regular file).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+
+    Returns
+    -------
+    str or None
+        ``"does not exist"``, ``"is a folder"``, ``"is a named pipe (FIFO)"``, ``"is a
+        device"``, ``"is a socket"``, ``"is a symbolic link loop"``, ``"is a broken symbolic
+        link"`` or ``"cannot be opened (REASON)"``; ``None`` for a regular file.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else "does not exist"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be opened ({error.strerror or error})"
+    kind = _file_kind(mode)
+    return None if kind is None else f"is {kind}"
+
+
 def _check_folder(path: Path) -> Path:
     folder = path.parent
     if not folder.is_dir():
@@ -492,21 +519,101 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             f"Cannot read {path.name}: unsupported file type {suffix or '(no extension)'!r}; "
             f"use a TIFF ({', '.join(TIFF_SUFFIXES)}) or NumPy (.npy) file."
         )
-    if not path.is_file():
+    problem = not_a_file(path)
+    if problem == "does not exist":
         raise FileNotFoundError(f"Cannot read {path}: the file does not exist.")
+    if problem is not None:
+        raise ValueError(f"Cannot read {path}: it {problem}, not an image file.")
     kind = "TIFF" if suffix in TIFF_SUFFIXES else "NumPy .npy"
     try:
         if suffix in TIFF_SUFFIXES:
+            _check_tiff_size(path)
             with _tifffile_notes() as notes:
                 data = np.asarray(tifffile.imread(path))
             if data.size == 0:  # tifffile reads a damaged file as an empty array
                 reason = notes[0] if notes else "it holds no image"
                 raise ValueError(reason)
             return data
+        _check_npy(path)
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, tifffile.TiffFileError) as error:
-        detail = " ".join(str(error).split())
+    except _Refused as error:
+        raise ValueError(f"Cannot read {path}: {error}.") from None
+    except MemoryError:
+        raise
+    except Exception as error:
+        detail = _safe_detail(error)
         raise ValueError(f"Cannot read {path}: it is not a valid {kind} file ({detail}).") from None
+
+
+class _Refused(Exception):
+    """A file refused before decoding; the message is the reason (after "Cannot read X: ")."""
+
+
+#: Largest ratio of decoded to stored bytes accepted for a compressed TIFF (zstd of zeros
+#: reaches about 30000:1; nothing real goes further).
+MAX_TIFF_RATIO = 1 << 16
+
+
+def _check_tiff_size(path: Path) -> None:
+    """Refuse a TIFF whose declared image cannot come from a file of its size.
+
+    An uncompressed image cannot hold more pixel bytes than the file; a compressed one at most
+    :data:`MAX_TIFF_RATIO` times the file. A damaged or forged header declaring, say, 200000 x
+    200000 pixels in 200 bytes is refused before anything is allocated.
+    """
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            return
+        series = tif.series[0]
+        declared = int(np.prod(series.shape, dtype=object)) * np.dtype(series.dtype).itemsize
+        compressed = any(int(page.compression) != 1 for page in tif.pages[:1])
+    size = path.stat().st_size
+    limit = size * (MAX_TIFF_RATIO if compressed else 1)
+    if declared > limit:
+        shape = " x ".join(str(n) for n in series.shape)
+        raise _Refused(
+            f"the file declares an image of {shape} pixels ({declared} bytes) but holds only "
+            f"{size} bytes, so it is damaged or not a real image"
+        )
+
+
+def _check_npy(path: Path) -> None:
+    """Refuse ``.npy`` files holding Python objects, and sizes the file cannot hold."""
+    with open(path, "rb") as file:
+        start = file.read(6)
+        if start[:1] == b"\x80":
+            raise _Refused(
+                "it is a pickle, not a NumPy array: it holds Python objects other than numbers, "
+                "which are never loaded"
+            )
+        if start != b"\x93NUMPY":
+            raise _Refused("it is not a NumPy .npy file (it has no .npy header)")
+        file.seek(0)
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+        offset = file.tell()
+    if dtype.hasobject:
+        raise _Refused("it holds Python objects other than numbers, which are never loaded")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = path.stat().st_size - offset
+    if declared > held:
+        raise _Refused(
+            f"its header declares {declared} bytes of data but the file holds only {held}, so "
+            "it is damaged or truncated"
+        )
+
+
+def _safe_detail(error: BaseException) -> str:
+    """Return a decoder's complaint in one line, never a library's advice to load unsafely."""
+    detail = " ".join(str(error).split()) or type(error).__name__
+    if "allow_pickle" in detail or "pickle" in detail.lower():
+        return "it holds Python objects, which are never loaded"
+    if len(detail) > 160:
+        detail = detail[:157].rstrip() + "..."
+    return detail
 
 
 class _Notes(logging.Handler):

@@ -128,7 +128,7 @@ def test_train_refuses_bad_files_and_resume_models(tmp_path, capsys, grey_model)
     np.save(hostile, np.array([TouchOnLoad(tmp_path / "marker")], dtype=object))
     cases["NumPy file holding objects"] = (
         ["--image", hostile, "--labels", labels],
-        "objects.npy: it is not a valid NumPy .npy file (Object arrays cannot be loaded",
+        "objects.npy: it holds Python objects other than numbers, which are never loaded.",
     )
     rgb = save(tmp_path, "rgb.npy", np.stack([IMAGE] * 3, axis=-1))
     cases["resume a greyscale model on RGB"] = (
