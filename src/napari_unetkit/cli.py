@@ -64,6 +64,71 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def check_outputs(
+    outputs: dict[str, str | Path | None],
+    overwrite: bool,
+    inputs: dict[str, str | Path | None] | None = None,
+) -> dict[str, Path | None]:
+    """Check every output of a command together, before any work.
+
+    Each output passes :func:`check_output`; no two outputs may name the same file, no output
+    may be one of the command's ``inputs``, and none may be a model file (a ``.unet`` name or
+    an existing model archive): a failed or mistaken command never writes over another result.
+
+    Parameters
+    ----------
+    outputs, inputs : dict
+        Option name (e.g. ``"--out"``) -> path (``None``: not given).
+    overwrite : bool
+        Whether existing outputs may be replaced.
+
+    Returns
+    -------
+    dict
+        Option name -> checked path (``None`` where not given).
+    """
+    from napari_unetkit.modelfile import SUFFIX
+
+    checked = {name: None if path is None else Path(path) for name, path in outputs.items()}
+    given = [(name, path) for name, path in checked.items() if path is not None]
+    for name, path in given:
+        if path.suffix.lower() == SUFFIX or _is_model_archive(path):
+            raise CommandError(
+                f"{name} {path} is a model file name or a model file; write the results to a "
+                "TIFF file (.tif) instead."
+            )
+        check_output(path, overwrite)
+    sources = [(name, Path(path)) for name, path in (inputs or {}).items() if path is not None]
+    for index, (name, path) in enumerate(given):
+        for other, other_path in given[index + 1 :] + sources:
+            if _same_file(path, other_path):
+                role = "an output" if (other, other_path) in given else "an input"
+                raise CommandError(
+                    f"{name} and {other} name the same file ({path}), which is {role}; give "
+                    "each output its own file name."
+                )
+    return checked
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+        return first.resolve() == second.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
+        return False
+
+
+def _is_model_archive(path: Path) -> bool:
+    """Whether ``path`` is an existing PyTorch archive (a model file under another name)."""
+    import zipfile
+
+    try:
+        return path.is_file() and zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 def format_seconds(seconds: float | None) -> str:
     """Format a duration as ``m:ss`` (or ``h:mm:ss``)."""
     if seconds is None:
@@ -312,6 +377,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out = out if out.suffix == SUFFIX else out.with_name(out.name + SUFFIX)
     out = check_output(out, args.overwrite)
+    _training_config(args, args.channel_axis)  # every setting checked before any data is read
     pairs = _read_pairs(args.image, args.labels, "training")
     validation = None
     if args.val_image or args.val_labels:
@@ -354,8 +420,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_unetkit.io import read_image, write_tiff
     from napari_unetkit.prediction import Predictor
 
-    out = check_output(args.out, args.overwrite)
-    prob_out = check_output(args.probabilities, args.overwrite) if args.probabilities else None
+    outputs = check_outputs(
+        {"--out": args.out, "--probabilities": args.probabilities},
+        args.overwrite,
+        inputs={"--image": args.image, "--model": args.model},
+    )
+    out, prob_out = outputs["--out"], outputs["--probabilities"]
     predictor = Predictor.from_file(
         args.model,
         device=args.device,
@@ -364,6 +434,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         border=args.border,
         precision=args.precision,
     )
+    if args.tile_size is not None and args.tile_size < predictor.halo:
+        raise CommandError(
+            f"--tile-size must be at least {predictor.halo} pixels for this model (the context "
+            "it reads on each side of a tile); smaller tiles mostly recompute that context and "
+            "are many times slower. Omit --tile-size to choose one automatically."
+        )
     image = read_image(args.image)
     channel_axis = args.channel_axis
     if channel_axis is None:
@@ -412,8 +488,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``unetkit demo``: the Quick start job on built-in synthetic nuclei."""
     from napari_unetkit.demo import run_demo
+    from napari_unetkit.training import MAX_SEED
 
     folder = Path(args.out)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise CommandError(f"--seed must be from 0 to {MAX_SEED}, got {args.seed}.")
     display = TextProgress()
     print(
         f"napari-unetkit demo: training a U-Net on synthetic nuclei for up to "
@@ -451,10 +530,16 @@ def cmd_weightmap(args: argparse.Namespace) -> int:
     from napari_unetkit.io import read_image, write_tiff
     from napari_unetkit.weightmap import weights_and_target
 
-    out = check_output(args.out, args.overwrite)
-    target_out = check_output(args.target, args.overwrite) if args.target else None
+    outputs = check_outputs(
+        {"--out": args.out, "--target": args.target},
+        args.overwrite,
+        inputs={"--labels": args.labels},
+    )
+    out, target_out = outputs["--out"], outputs["--target"]
     settings = _weightmap_settings(args)
     labels = read_image(args.labels)
+    if labels.size == 0:
+        raise CommandError(f"{args.labels} holds no pixels (shape {labels.shape}).")
     weights, target = weights_and_target(labels, settings=settings)
     if labels.size and not np.any(labels):
         warnings.warn(
@@ -478,6 +563,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_unetkit.metrics import evaluate
 
     truth, pred = read_image(args.truth), read_image(args.pred)
+    for path, labels in ((args.truth, truth), (args.pred, pred)):
+        if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+            raise CommandError(
+                f"{path} holds {labels.dtype} values, but labels must be integers; save them as "
+                "an integer image (e.g. labels.astype(int))."
+            )
     if truth.shape != pred.shape:
         raise CommandError(f"Shapes differ: truth {truth.shape}, prediction {pred.shape}.")
     scores = evaluate(truth, pred, iou_threshold=args.iou_threshold)
@@ -499,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the ``unetkit`` argument parser (it imports PyTorch, for the defaults)."""
     from napari_unetkit.demo import DEMO_TIME_LIMIT
     from napari_unetkit.precision import PRECISIONS
+    from napari_unetkit.training import MAX_BATCH_SIZE, MAX_SEED
 
     parser = argparse.ArgumentParser(
         prog="unetkit",
@@ -565,13 +657,15 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps-per-epoch", type=int, help="Steps between validations.")
     knobs = train.add_argument_group("settings")
     knobs.add_argument("--patch-size", type=int, help="Training patch side (pixels).")
-    knobs.add_argument("--batch-size", type=int, help="Patches per step.")
+    knobs.add_argument("--batch-size", type=int, help=f"Patches per step (1 to {MAX_BATCH_SIZE}).")
     knobs.add_argument("--base-channels", type=int, help="Width of the first level.")
     knobs.add_argument("--depth", type=int, help="Number of down-sampling steps.")
     knobs.add_argument("--lr", type=float, help="Peak learning rate.")
     knobs.add_argument("--val-fraction", type=float, help="Held-out fraction (0 to <1).")
     knobs.add_argument("--no-augment", action="store_true", help="Disable augmentation.")
-    knobs.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    knobs.add_argument(
+        "--seed", type=int, default=0, help=f"Random seed, 0 to {MAX_SEED} (default 0)."
+    )
     knobs.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     _add_weightmap_options(train)
     train.set_defaults(handler=cmd_train)
@@ -603,7 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Smallest instance in pixels (default: the model's own).",
     )
     predict.add_argument("--link-3d", action="store_true", help="Link instances across slices.")
-    predict.add_argument("--tile-size", type=int, help="Tile size in pixels (default: auto).")
+    predict.add_argument(
+        "--tile-size",
+        type=int,
+        help="Tile size in pixels (default: auto; at least the model's context margin, e.g. "
+        "96 for depth 4).",
+    )
     predict.add_argument("--tta", action="store_true", help="Average over flips (slower).")
     predict.add_argument(
         "--border",
@@ -638,7 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEMO_TIME_LIMIT,
         help=f"Training seconds (default {DEMO_TIME_LIMIT:g}).",
     )
-    demo.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    demo.add_argument(
+        "--seed", type=int, default=0, help=f"Random seed, 0 to {MAX_SEED} (default 0)."
+    )
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -654,6 +755,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def error_message(error: BaseException) -> str:
     """Return the one-line message the command prints for an error."""
+    from napari_unetkit.device import is_out_of_memory
     from napari_unetkit.io import os_error_text
     from napari_unetkit.modelfile import ModelFileError
 
@@ -662,7 +764,7 @@ def error_message(error: BaseException) -> str:
     expected = (CommandError, ModelFileError, ValueError, FloatingPointError)
     if isinstance(error, expected):
         return _one_line(str(error) or type(error).__name__)
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    if is_out_of_memory(error):
         return (
             "out of memory; use a smaller --tile-size (predict) or a smaller --patch-size or "
             "--batch-size (train), or the CPU (--device cpu)."

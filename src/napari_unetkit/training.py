@@ -80,6 +80,10 @@ MAX_NON_FINITE_STEPS = 20
 STAGES = ("preparing", "training", "validating", "saving", "done")
 #: How training ended.
 STOPPED_BY = ("epochs", "time_limit", "cancel")
+#: Most patches per step (far beyond what fits in memory with useful patch sizes).
+MAX_BATCH_SIZE = 1024
+#: Largest seed (NumPy's and PyTorch's generators both take it).
+MAX_SEED = 2**32 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,17 +91,24 @@ STOPPED_BY = ("epochs", "time_limit", "cancel")
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(value: Any, name: str, allow_none: bool = False) -> None:
+def _positive_int(value: Any, name: str, allow_none: bool = False, high: int | None = None) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high}, got {value!r}.")
 
 
 def _number(value: Any, name: str, low: float, high: float = math.inf) -> None:
     ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
     if not ok or not math.isfinite(float(value)) or not low <= float(value) <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}.")
+        bounds = (
+            f"a finite number of at least {low:g}"
+            if math.isinf(high)
+            else f"a number from {low:g} to {high:g}"
+        )
+        raise ValueError(f"{name} must be {bounds}, got {value!r}.")
 
 
 def _choice(value: Any, name: str, options: Sequence[str]) -> None:
@@ -236,8 +247,12 @@ class TrainConfig:
         _choice(self.optimizer, "optimizer", OPTIMIZERS)
         _choice(self.schedule, "schedule", SCHEDULES)
         _choice(self.loss, "loss", LOSSES)
-        for name in ("patch_size", "batch_size"):
-            _positive_int(getattr(self, name), name)
+        _positive_int(self.patch_size, "patch_size")
+        _positive_int(self.batch_size, "batch_size", high=MAX_BATCH_SIZE)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be a whole number, got {self.seed!r}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to {MAX_SEED}, got {self.seed!r}.")
         _positive_int(self.steps_per_epoch, "steps_per_epoch", allow_none=True)
         self._validate_budget()
         _number(self.learning_rate, "learning_rate", 0.0)

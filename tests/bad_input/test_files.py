@@ -197,3 +197,98 @@ def test_disk_full_inside_torch_save_is_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left on the disk while writing"):
         save_model(target, UNet(UNetConfig(depth=2, base_channels=4)))
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ outputs checked together
+
+
+def _cli(capsys, *argv) -> str:
+    """Run a command that must fail; return its one error line."""
+    return error_line(cli.main([str(a) for a in argv]), capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_outputs_are_checked_together_before_any_work(overwrite, tmp_path, capsys):
+    model = untrained_model(tmp_path / "m.unet")
+    image, labels = cells((16, 16))
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "labels.npy", labels)
+    tifffile.imwrite(tmp_path / "old.tif", ARRAY)
+    (tmp_path / "model-copy.tif").write_bytes(model.read_bytes())  # a model under a TIFF name
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    predict = ["predict", "--model", model, "--image", tmp_path / "image.npy", "--device", "cpu"]
+    weightmap = ["weightmap", "--labels", tmp_path / "labels.npy"]
+    cases = {
+        "same labels and probabilities": (
+            [*predict, "--out", tmp_path / "same.tif", "--probabilities", tmp_path / "same.tif"],
+            "--out and --probabilities name the same file",
+        ),
+        "same weights and target": (
+            [*weightmap, "--out", tmp_path / "x.tif", "--target", tmp_path / "x.tif"],
+            "--out and --target name the same file",
+        ),
+        "labels over the model": (
+            [*predict, "--out", model],
+            "is a model file name or a model file",
+        ),
+        "labels named like a model": (
+            [*predict, "--out", tmp_path / "new.unet"],
+            "is a model file name or a model file",
+        ),
+        "labels over a model file with a TIFF name": (
+            [*predict, "--out", tmp_path / "model-copy.tif"],
+            "is a model file name or a model file",
+        ),
+        "weights over the input labels": (
+            [*weightmap, "--out", tmp_path / "old.tif", "--target", tmp_path / "labels.npy"],
+            "name the same file",
+        ),
+    }
+    for name, (argv, fragment) in cases.items():
+        line = _cli(capsys, *argv, *overwrite)
+        if "name the same file" in fragment and not overwrite and "old.tif" in str(argv):
+            assert "already exists" in line, name  # the first problem found is reported
+            continue
+        assert fragment in line, (name, line)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, name
+    assert temp_files(tmp_path) == []
+
+
+def test_weightmap_of_an_empty_label_image_writes_nothing(tmp_path, capsys):
+    np.save(tmp_path / "labels.npy", np.zeros((0, 16), np.int32))
+    line = _cli(capsys, "weightmap", "--labels", tmp_path / "labels.npy", "--out",
+                tmp_path / "w.tif")  # fmt: skip
+    assert "holds no pixels (shape (0, 16))" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.npy"]
+
+
+def test_evaluate_float_labels_in_one_sentence(tmp_path, capsys):
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).random((8, 8)).astype(np.float32))
+    line = _cli(capsys, "evaluate", "--truth", tmp_path / "f.npy", "--pred", tmp_path / "f.npy")
+    assert "holds float32 values, but labels must be integers" in line
+
+
+def test_settings_are_checked_before_the_data_is_read(tmp_path, capsys):
+    argv = ["train", "--image", tmp_path / "missing.npy", "--labels", tmp_path / "missing.npy",
+            "--out", tmp_path / "m.unet", "--seed", 2**70]  # fmt: skip
+    assert "seed must be from 0 to 4294967295" in _cli(capsys, *argv)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_inputs_that_are_not_files_are_named_for_what_they_are(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.npy")
+    (tmp_path / "folder.npy").mkdir()
+    os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
+    os.symlink(tmp_path / "loop.unet", tmp_path / "loop.unet")
+    expected = {
+        "pipe.npy": "is a named pipe (FIFO), not an image file",
+        "folder.npy": "is a folder, not an image file",
+        "loop.npy": "is a symbolic link loop, not an image file",
+    }
+    for name, fragment in expected.items():
+        path = tmp_path / name
+        assert fragment in _cli(capsys, "evaluate", "--truth", path, "--pred", path), name
+    np.save(tmp_path / "image.npy", cells((16, 16))[0])
+    argv = ["predict", "--model", tmp_path / "loop.unet", "--image", tmp_path / "image.npy",
+            "--out", tmp_path / "out.tif"]  # fmt: skip
+    assert "(it is a symbolic link loop)" in _cli(capsys, *argv)

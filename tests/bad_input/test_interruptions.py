@@ -120,10 +120,10 @@ def _interrupt_when(monkeypatch, fragment: str) -> list[str]:
 def test_ctrl_c_during_stack_prediction_writes_nothing(tmp_path, capsys, monkeypatch):
     model = untrained_model(tmp_path / "m.unet")
     image = tmp_path / "stack.tif"
-    tifffile.imwrite(image, cells((6, 32, 32))[0])
+    tifffile.imwrite(image, cells((6, 64, 64))[0])
     out = tmp_path / "labels.tif"
     shown = _interrupt_when(monkeypatch, "slice 3/6")
-    args = ["predict", "--model", model, "--image", image, "--out", out, "--tile-size", "16"]
+    args = ["predict", "--model", model, "--image", image, "--out", out, "--tile-size", "24"]
     code = cli.main([*map(str, args), "--device", "cpu"])
     err = capsys.readouterr().err
     assert any("slice 3/6" in text for text in shown)
