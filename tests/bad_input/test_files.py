@@ -292,3 +292,28 @@ def test_inputs_that_are_not_files_are_named_for_what_they_are(tmp_path, capsys)
     argv = ["predict", "--model", tmp_path / "loop.unet", "--image", tmp_path / "image.npy",
             "--out", tmp_path / "out.tif"]  # fmt: skip
     assert "(it is a symbolic link loop)" in _cli(capsys, *argv)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs; needs root and the right to mount, else skipped)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small file system here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_really_full_disk_gives_the_documented_sentence(tiny_disk, capsys):
+    (tiny_disk / "out.tif").write_bytes(b"old")
+    with pytest.raises(OSError, match="No space left on the disk while writing") as info:
+        io.write_tiff(tiny_disk / "out.tif", np.zeros((512, 512), np.float32), overwrite=True)
+    assert str(info.value).endswith("any existing file there was left unchanged")
+    with pytest.raises(OSError, match="No space left on the disk while writing"):
+        save_model(tiny_disk / "m.unet", UNet(UNetConfig(depth=3, base_channels=16)))
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["out.tif"]
+    assert (tiny_disk / "out.tif").read_bytes() == b"old"
