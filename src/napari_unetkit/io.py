@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import threading
 import time
@@ -608,6 +609,8 @@ def _check_npy(path: Path) -> None:
 
 def _safe_detail(error: BaseException) -> str:
     """Return a decoder's complaint in one line, never a library's advice to load unsafely."""
+    if isinstance(error, (struct.error, EOFError)):
+        return "it ends too early: the file is truncated or damaged"
     detail = " ".join(str(error).split()) or type(error).__name__
     if "allow_pickle" in detail or "pickle" in detail.lower():
         return "it holds Python objects, which are never loaded"

@@ -317,3 +317,12 @@ def test_a_really_full_disk_gives_the_documented_sentence(tiny_disk, capsys):
         save_model(tiny_disk / "m.unet", UNet(UNetConfig(depth=3, base_channels=16)))
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["out.tif"]
     assert (tiny_disk / "out.tif").read_bytes() == b"old"
+
+
+def test_pytorchs_cpu_allocation_failure_is_out_of_memory():
+    error = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 429496729600 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    assert cli.error_message(error).startswith("out of memory; use a smaller --tile-size")
+    assert cli.error_message(RuntimeError("something else")).startswith("unexpected")

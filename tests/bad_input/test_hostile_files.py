@@ -237,7 +237,7 @@ def npy_header(text: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        (b"II*\x00\x08\x00", "not a valid TIFF file"),
+        (b"II*\x00\x08\x00", "not a valid TIFF file (it ends too early"),
         (b"\x93NUMPY\x01\x00\x10\x00{'descr': 'x'}", "not a valid NumPy .npy file"),
         (
             npy_header(b"{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }"),
