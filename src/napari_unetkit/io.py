@@ -558,20 +558,24 @@ MAX_TIFF_RATIO = 1 << 16
 def _check_tiff_size(path: Path) -> None:
     """Refuse a TIFF whose declared image cannot come from a file of its size.
 
-    An uncompressed image cannot hold more pixel bytes than the file; a compressed one at most
+    The first page is checked (every page's pixels lie in the file that holds the page). An
+    uncompressed page cannot hold more pixel bytes than the file; a compressed one at most
     :data:`MAX_TIFF_RATIO` times the file. A damaged or forged header declaring, say, 200000 x
     200000 pixels in 200 bytes is refused before anything is allocated.
     """
     with tifffile.TiffFile(path) as tif:
-        if not tif.series:
+        if not len(tif.pages):
             return
-        series = tif.series[0]
-        declared = int(np.prod(series.shape, dtype=object)) * np.dtype(series.dtype).itemsize
-        compressed = any(int(page.compression) != 1 for page in tif.pages[:1])
+        page = tif.pages[0]  # every page lies in this file (a series may span several)
+        shape, dtype = tuple(page.shape), page.dtype
+        compressed = int(page.compression) != 1
+    if dtype is None:
+        return  # an unknown sample format: tifffile explains it when decoding
+    declared = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
     size = path.stat().st_size
     limit = size * (MAX_TIFF_RATIO if compressed else 1)
     if declared > limit:
-        shape = " x ".join(str(n) for n in series.shape)
+        shape = " x ".join(str(n) for n in shape)
         raise _Refused(
             f"the file declares an image of {shape} pixels ({declared} bytes) but holds only "
             f"{size} bytes, so it is damaged or not a real image"
