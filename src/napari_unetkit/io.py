@@ -7,7 +7,7 @@ name exists by then (``renameat2(RENAME_NOREPLACE)`` on Linux, else a hard link)
 racing for one new name never silently replace each other's result. Only regular files are ever
 replaced (never a folder, device, FIFO or socket). An interrupted or failed write (an exception,
 Ctrl+C, a full disk) leaves any existing file untouched and no temporary file behind; temporary
-files that a killed process left (``.NAME.PID-XXXX.tmp``, its process gone, untouched for
+files that a killed process left (``.NAME.PID-XXXXXXXX.tmp``, its process gone, untouched for
 :data:`STALE_TEMP_SECONDS`) are removed by the next write to the same name.
 """
 
@@ -174,7 +174,7 @@ def _temp_prefix(path: Path) -> str:
 def _temporary_file(path: Path, folder: Path) -> tuple[int, Path]:
     """Create the hidden temporary file next to ``path``; explain a refusal in one sentence.
 
-    Its name, ``.NAME.PID-XXXX.tmp``, carries the writing process's id, so that a later write
+    Its name, ``.NAME.PID-XXXXXXXX.tmp``, carries the writing process's id, so that a later write
     can tell a temporary file left by a killed process (see :func:`remove_stale_temporaries`).
     """
     try:
@@ -205,8 +205,9 @@ def _process_alive(pid: int) -> bool:
 def remove_stale_temporaries(path: str | os.PathLike, max_age: float = STALE_TEMP_SECONDS) -> int:
     """Remove temporary files of :func:`atomic_write` for ``path`` whose writer is gone.
 
-    A file counts as stale when its name is ``.NAME.PID-XXXX.tmp`` (or the older
-    ``.NAME.XXXX.tmp``), it is a regular file, no process ``PID`` runs on this machine (unknown
+    A file counts as stale when its name is ``.NAME.PID-XXXXXXXX.tmp`` (or the older
+    ``.NAME.XXXXXXXX.tmp``; eight random characters, as :func:`tempfile.mkstemp` makes them),
+    it is a regular file, no process ``PID`` runs on this machine (unknown
     for the older names) and it was last modified more than ``max_age`` seconds ago; a
     process killed without warning (SIGKILL, power loss) leaves such files. Anything else is
     left alone, so a concurrent writer's file is never removed.
@@ -225,7 +226,7 @@ def remove_stale_temporaries(path: str | os.PathLike, max_age: float = STALE_TEM
     """
     path = Path(path)
     prefix = _temp_prefix(path)
-    pattern = re.compile(re.escape(prefix) + r"(?:(\d+)-)?[A-Za-z0-9_]+\.tmp")
+    pattern = re.compile(re.escape(prefix) + r"(?:(\d+)-)?[a-z0-9_]{8}\.tmp")
     removed = 0
     try:
         entries = list(os.scandir(path.parent))

@@ -144,12 +144,13 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     old = time.time() - 2 * io.STALE_TEMP_SECONDS
     dead = 2**22 + 12345  # above Linux's largest process id: no such process
     names = {
-        f".labels.tif.{dead}-abc123.tmp": (old, False),  # killed writer, old: removed
-        ".labels.tif.k2j4h5.tmp": (old, False),  # older versions' name, old: removed
-        f".labels.tif.{dead}-fresh1.tmp": (time.time(), True),  # too recent: kept
-        f".labels.tif.{os.getpid()}-mine12.tmp": (old, True),  # a live writer: kept
-        f".other.tif.{dead}-abc123.tmp": (old, True),  # another target's: kept
+        f".labels.tif.{dead}-abc12345.tmp": (old, False),  # killed writer, old: removed
+        ".labels.tif.k2j4h5x9.tmp": (old, False),  # older versions' name, old: removed
+        f".labels.tif.{dead}-fresh123.tmp": (time.time(), True),  # too recent: kept
+        f".labels.tif.{os.getpid()}-mine1234.tmp": (old, True),  # a live writer: kept
+        f".other.tif.{dead}-abc12345.tmp": (old, True),  # another target's: kept
         "labels.tif.notes": (old, True),  # not a temporary file: kept
+        ".labels.tif.backup.tmp": (old, True),  # not a name of ours: kept
     }
     for name, (mtime, _) in names.items():
         (tmp_path / name).write_bytes(b"partial")
