@@ -11,9 +11,10 @@ A model file is a ``torch.save`` archive of one dictionary::
 
 Files are read with ``torch.load(weights_only=True)``, which refuses to import or call anything
 while unpickling, so an untrusted file cannot run code. Before that, the archive's entries are
-checked: every entry must be stored uncompressed (as ``torch.save`` writes them) and together
-they may not declare more bytes than the file holds, so loading never needs more memory than the
-file's size (no zip bomb). A refused pickle is explained by our own reading of its opcodes (never
+checked: every entry must be stored uncompressed (as ``torch.save`` writes them), together
+they may not declare more bytes than the file holds, and the weight data no more than the
+architecture named in the description needs; loading never needs more memory than the file's
+size (no zip bomb). A refused pickle is explained by our own reading of its opcodes (never
 by quoting a library's advice to load it unsafely): a file naming any Python object other than
 PyTorch's tensor rebuilders gets "it holds Python objects other than weights, which are never
 loaded for safety". Everything read is then validated field by field (the description's JSON,
@@ -146,30 +147,64 @@ def _load_failure(path: Path, error: BaseException) -> str:
 def _check_archive(path: Path) -> str | None:
     """Return why the archive must not be unpacked (``None``: its sizes are sound).
 
-    PyTorch writes every entry uncompressed, so the entries' declared sizes can be checked
-    against the file's size before anything is read: a compressed entry (a possible zip bomb)
-    or sizes larger than the file are refused.
+    PyTorch writes every entry uncompressed, so the entries' declared sizes are checked before
+    anything is unpacked: a compressed entry (a possible zip bomb), sizes larger than the file,
+    or weight data larger than the architecture named in the description needs (its weights
+    at 8 bytes per number, the widest float type) are refused.
     """
     try:
         if not zipfile.is_zipfile(path):
             return None  # a legacy file or no archive: torch reads at most the file itself
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
+            size = path.stat().st_size
+            declared = 0
+            for entry in entries:
+                stored = entry.compress_type == zipfile.ZIP_STORED
+                if not stored or entry.file_size != entry.compress_size:
+                    return (
+                        f"its entry {entry.filename[-60:]} is compressed, which napari-unetkit "
+                        "never writes (it could unpack to far more memory than the file's size)"
+                    )
+                declared += entry.file_size
+            if declared > size:
+                return (
+                    f"its entries declare {declared} bytes but the file holds only {size}; it "
+                    "is damaged or forged"
+                )
+            return _check_weight_sizes(archive, entries)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
         return None  # damaged: torch refuses it with its own (harmless) reason
-    size = path.stat().st_size
-    declared = 0
-    for entry in entries:
-        if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != entry.compress_size:
-            return (
-                f"its entry {entry.filename[-60:]} is compressed, which napari-unetkit never "
-                "writes (it could unpack to far more memory than the file's size)"
-            )
-        declared += entry.file_size
-    if declared > size:
+
+
+def _check_weight_sizes(archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo]) -> str | None:
+    """Refuse weight data larger than the description's architecture can need.
+
+    The description is found in the archive's pickle by reading its opcodes only (nothing is
+    unpickled); where it cannot be found or parsed the check is left to the later validation
+    (the file's size already bounds the memory used).
+    """
+    pickles = [e for e in entries if e.filename.endswith("data.pkl")]
+    if len(pickles) != 1 or pickles[0].file_size > _SCAN_LIMIT:
+        return None
+    strings: list[str] = []
+    with contextlib.suppress(Exception):
+        for opcode, argument, _ in pickletools.genops(archive.read(pickles[0])):
+            if opcode.name in _STRING_OPCODES and isinstance(argument, str):
+                strings.append(argument)
+    try:
+        text = strings[strings.index("description") + 1]
+        config = UNetConfig.from_dict(json.loads(text).get("architecture"))
+        with torch.device("meta"):
+            numbers = sum(t.numel() for t in UNet(config).state_dict().values())
+    except (ValueError, IndexError, TypeError, AttributeError, RecursionError):
+        return None
+    needed = 8 * numbers
+    weights = sum(e.file_size for e in entries if "/data/" in e.filename)
+    if weights > needed:
         return (
-            f"its entries declare {declared} bytes but the file holds only {size}; it is "
-            "damaged or forged"
+            f"its weights take {weights} bytes but the architecture it describes needs at most "
+            f"{needed}; it is damaged or forged"
         )
     return None
 

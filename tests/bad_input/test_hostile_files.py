@@ -150,6 +150,24 @@ def test_zip_bomb_model_is_refused_before_anything_is_unpacked(tmp_path, monkeyp
         load_model(bomb)
 
 
+def test_weight_data_larger_than_the_architecture_is_refused_before_reading(tmp_path, monkeypatch):
+    good = _valid_archive(tmp_path)
+    forged = tmp_path / "forged.unet"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(forged, "w") as target:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            if "/data/" in info.filename and info.filename.endswith("/0"):
+                content = bytes(4 << 20)  # 4 MiB stored: a tiny network needs some KiB
+            target.writestr(info, content)
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", never)
+    with pytest.raises(ModelFileError, match="the architecture it describes needs at most"):
+        load_model(forged)
+
+
 def _payload_file(path: pathlib.Path, change) -> pathlib.Path:
     """Save a tiny model's payload to ``path`` after ``change(payload)``."""
     model = UNet(UNetConfig(depth=2, base_channels=4))
