@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -21,9 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unetkit import __version__
-from napari_unetkit.demo import DEMO_TIME_LIMIT
-from napari_unetkit.precision import PRECISIONS
-from napari_unetkit.progress import Cancelled
+from napari_unetkit.progress import GENERIC_CANCEL, Cancelled
 from napari_unetkit.weightmap import CLASS_BALANCES, DEFAULT_PRESET, PRESETS
 
 EXIT_ERROR = 1
@@ -43,14 +42,19 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     """Refuse an existing output (unless ``overwrite``), a missing or read-only folder, early.
 
     Every output is checked before any work starts, so that a long run never ends in a file
-    that cannot be written.
+    that cannot be written. Only regular files are ever replaced: a folder, device, FIFO,
+    socket or symbolic link loop is refused even with ``overwrite``.
     """
-    from napari_unetkit.io import check_writable, os_error_text
+    from napari_unetkit.io import check_target, check_writable, os_error_text
 
     path = Path(path)
     if path.is_dir():
         raise CommandError(f"{path} is a folder; give a file name to write.")
-    if path.exists() and not overwrite:
+    try:
+        check_target(path)
+    except OSError as error:
+        raise CommandError(os_error_text(error)) from None
+    if os.path.lexists(path) and not overwrite:
         raise CommandError(f"{path} already exists; pass --overwrite to replace it.")
     if not path.parent.is_dir():
         raise CommandError(f"The folder {path.parent} does not exist; create it first.")
@@ -59,6 +63,71 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     except OSError as error:
         raise CommandError(f"{os_error_text(error)} Choose another output folder.") from None
     return path
+
+
+def check_outputs(
+    outputs: dict[str, str | Path | None],
+    overwrite: bool,
+    inputs: dict[str, str | Path | None] | None = None,
+) -> dict[str, Path | None]:
+    """Check every output of a command together, before any work.
+
+    Each output passes :func:`check_output`; no two outputs may name the same file, no output
+    may be one of the command's ``inputs``, and none may be a model file (a ``.unet`` name or
+    an existing model archive): a failed or mistaken command never writes over another result.
+
+    Parameters
+    ----------
+    outputs, inputs : dict
+        Option name (e.g. ``"--out"``) -> path (``None``: not given).
+    overwrite : bool
+        Whether existing outputs may be replaced.
+
+    Returns
+    -------
+    dict
+        Option name -> checked path (``None`` where not given).
+    """
+    from napari_unetkit.modelfile import SUFFIX
+
+    checked = {name: None if path is None else Path(path) for name, path in outputs.items()}
+    given = [(name, path) for name, path in checked.items() if path is not None]
+    for name, path in given:
+        if path.suffix.lower() == SUFFIX or _is_model_archive(path):
+            raise CommandError(
+                f"{name} {path} is a model file name or a model file; write the results to a "
+                "TIFF file (.tif) instead."
+            )
+        check_output(path, overwrite)
+    sources = [(name, Path(path)) for name, path in (inputs or {}).items() if path is not None]
+    for index, (name, path) in enumerate(given):
+        for other, other_path in given[index + 1 :] + sources:
+            if _same_file(path, other_path):
+                role = "an output" if (other, other_path) in given else "an input"
+                raise CommandError(
+                    f"{name} and {other} name the same file ({path}), which is {role}; give "
+                    "each output its own file name."
+                )
+    return checked
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+        return first.resolve() == second.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
+        return False
+
+
+def _is_model_archive(path: Path) -> bool:
+    """Whether ``path`` is an existing PyTorch archive (a model file under another name)."""
+    import zipfile
+
+    try:
+        return path.is_file() and zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -105,27 +174,60 @@ class TextProgress:
         return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+#: Signals that stop the command as Ctrl-C does: interrupt, terminate (``kill``, ``timeout``,
+#: batch-system time limits, ``docker stop``) and hang-up (the terminal closed).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class _Stops:
+    """The stop signals this command received (``None``: none); read by :func:`run`."""
+
+    #: The signal that asked the running job to stop cleanly.
+    cancelled: int | None = None
+    #: The signal that aborted the command (a second one, or one outside a job).
+    aborted: int | None = None
+
+
+def _abort(signum: int, frame) -> None:
+    """Outside a cancellable job a stop signal aborts at once (writes clean up after themselves)."""
+    _Stops.aborted = signum
+    raise KeyboardInterrupt
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 class CancelOnInterrupt:
-    """First Ctrl-C sets a cancel event (the job stops cleanly); a second one aborts."""
+    """First stop signal sets a cancel event (the job stops cleanly); a second one aborts.
+
+    Ctrl-C (SIGINT), SIGTERM and SIGHUP are all handled this way while the job runs.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def _handler(self, signum, frame) -> None:
         if self.event.is_set():
-            raise KeyboardInterrupt
+            _abort(signum, frame)
+        _Stops.cancelled = signum
         self.event.set()
-        print("\nStopping after the current step (Ctrl-C again to abort)...", file=sys.stderr)
+        name = _signal_name(signum)
+        print(f"\nStopping after the current step ({name} again to abort)...", file=sys.stderr)
 
     def __enter__(self) -> threading.Event:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handler)
         return self.event
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
 
 def _channel_list(text: str) -> list[int]:
@@ -287,6 +389,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out = out if out.suffix == SUFFIX else out.with_name(out.name + SUFFIX)
     out = check_output(out, args.overwrite)
+    _training_config(args, args.channel_axis)  # every setting checked before any data is read
     pairs = _read_pairs(args.image, args.labels, "training")
     validation = None
     if args.val_image or args.val_labels:
@@ -329,8 +432,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_unetkit.io import read_image, write_tiff
     from napari_unetkit.prediction import Predictor
 
-    out = check_output(args.out, args.overwrite)
-    prob_out = check_output(args.probabilities, args.overwrite) if args.probabilities else None
+    outputs = check_outputs(
+        {"--out": args.out, "--probabilities": args.probabilities},
+        args.overwrite,
+        inputs={"--image": args.image, "--model": args.model},
+    )
+    out, prob_out = outputs["--out"], outputs["--probabilities"]
     predictor = Predictor.from_file(
         args.model,
         device=args.device,
@@ -339,6 +446,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         border=args.border,
         precision=args.precision,
     )
+    if args.tile_size is not None and args.tile_size < predictor.halo:
+        raise CommandError(
+            f"--tile-size must be at least {predictor.halo} pixels for this model (the context "
+            "it reads on each side of a tile); smaller tiles mostly recompute that context and "
+            "are many times slower. Omit --tile-size to choose one automatically."
+        )
     image = read_image(args.image)
     channel_axis = args.channel_axis
     if channel_axis is None:
@@ -387,8 +500,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``unetkit demo``: the Quick start job on built-in synthetic nuclei."""
     from napari_unetkit.demo import run_demo
+    from napari_unetkit.training import MAX_SEED
 
     folder = Path(args.out)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise CommandError(f"--seed must be from 0 to {MAX_SEED}, got {args.seed}.")
     display = TextProgress()
     print(
         f"napari-unetkit demo: training a U-Net on synthetic nuclei for up to "
@@ -426,10 +542,16 @@ def cmd_weightmap(args: argparse.Namespace) -> int:
     from napari_unetkit.io import read_image, write_tiff
     from napari_unetkit.weightmap import weights_and_target
 
-    out = check_output(args.out, args.overwrite)
-    target_out = check_output(args.target, args.overwrite) if args.target else None
+    outputs = check_outputs(
+        {"--out": args.out, "--target": args.target},
+        args.overwrite,
+        inputs={"--labels": args.labels},
+    )
+    out, target_out = outputs["--out"], outputs["--target"]
     settings = _weightmap_settings(args)
     labels = read_image(args.labels)
+    if labels.size == 0:
+        raise CommandError(f"{args.labels} holds no pixels (shape {labels.shape}).")
     weights, target = weights_and_target(labels, settings=settings)
     if labels.size and not np.any(labels):
         warnings.warn(
@@ -453,6 +575,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_unetkit.metrics import evaluate
 
     truth, pred = read_image(args.truth), read_image(args.pred)
+    for path, labels in ((args.truth, truth), (args.pred, pred)):
+        if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+            raise CommandError(
+                f"{path} holds {labels.dtype} values, but labels must be integers; save them as "
+                "an integer image (e.g. labels.astype(int))."
+            )
     if truth.shape != pred.shape:
         raise CommandError(f"Shapes differ: truth {truth.shape}, prediction {pred.shape}.")
     scores = evaluate(truth, pred, iou_threshold=args.iou_threshold)
@@ -471,7 +599,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the ``unetkit`` argument parser."""
+    """Return the ``unetkit`` argument parser (it imports PyTorch, for the defaults)."""
+    from napari_unetkit.demo import DEMO_TIME_LIMIT
+    from napari_unetkit.precision import PRECISIONS
+    from napari_unetkit.training import MAX_BATCH_SIZE, MAX_SEED
+
     parser = argparse.ArgumentParser(
         prog="unetkit",
         description="Train and run U-Nets for microscopy segmentation (napari-unetkit).",
@@ -544,13 +676,15 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps-per-epoch", type=int, help="Steps between validations.")
     knobs = train.add_argument_group("settings")
     knobs.add_argument("--patch-size", type=int, help="Training patch side (pixels).")
-    knobs.add_argument("--batch-size", type=int, help="Patches per step.")
+    knobs.add_argument("--batch-size", type=int, help=f"Patches per step (1 to {MAX_BATCH_SIZE}).")
     knobs.add_argument("--base-channels", type=int, help="Width of the first level.")
     knobs.add_argument("--depth", type=int, help="Number of down-sampling steps.")
     knobs.add_argument("--lr", type=float, help="Peak learning rate.")
     knobs.add_argument("--val-fraction", type=float, help="Held-out fraction (0 to <1).")
     knobs.add_argument("--no-augment", action="store_true", help="Disable augmentation.")
-    knobs.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    knobs.add_argument(
+        "--seed", type=int, default=0, help=f"Random seed, 0 to {MAX_SEED} (default 0)."
+    )
     knobs.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     _add_weightmap_options(train)
     train.set_defaults(handler=cmd_train)
@@ -582,7 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Smallest instance in pixels (default: the model's own).",
     )
     predict.add_argument("--link-3d", action="store_true", help="Link instances across slices.")
-    predict.add_argument("--tile-size", type=int, help="Tile size in pixels (default: auto).")
+    predict.add_argument(
+        "--tile-size",
+        type=int,
+        help="Tile size in pixels (default: auto; at least the model's context margin, e.g. "
+        "96 for depth 4).",
+    )
     predict.add_argument("--tta", action="store_true", help="Average over flips (slower).")
     predict.add_argument(
         "--border",
@@ -617,7 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEMO_TIME_LIMIT,
         help=f"Training seconds (default {DEMO_TIME_LIMIT:g}).",
     )
-    demo.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    demo.add_argument(
+        "--seed", type=int, default=0, help=f"Random seed, 0 to {MAX_SEED} (default 0)."
+    )
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -633,6 +774,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def error_message(error: BaseException) -> str:
     """Return the one-line message the command prints for an error."""
+    from napari_unetkit.device import is_out_of_memory
     from napari_unetkit.io import os_error_text
     from napari_unetkit.modelfile import ModelFileError
 
@@ -641,7 +783,7 @@ def error_message(error: BaseException) -> str:
     expected = (CommandError, ModelFileError, ValueError, FloatingPointError)
     if isinstance(error, expected):
         return _one_line(str(error) or type(error).__name__)
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    if is_out_of_memory(error):
         return (
             "out of memory; use a smaller --tile-size (predict) or a smaller --patch-size or "
             "--batch-size (train), or the CPU (--device cpu)."
@@ -653,19 +795,35 @@ def error_message(error: BaseException) -> str:
     )
 
 
+def _exit_status(signum: int | None) -> int:
+    """Return the exit status of a command stopped by ``signum`` (128 + it; 130 for Ctrl-C)."""
+    return 128 + (signum or signal.SIGINT)
+
+
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand, turning errors into one-line messages (tracebacks with ``--debug``)."""
+    """Run a subcommand, turning errors into one-line messages (tracebacks with ``--debug``).
+
+    Ctrl-C, SIGTERM and SIGHUP stop it: a job in progress stops cleanly at its next check
+    (a training keeps its best model), a second signal, or one outside a job, aborts; either
+    way no partial file is left and the exit status is 128 + the signal number (130 for
+    Ctrl-C).
+    """
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
             return handler(args)
-        except Cancelled:
-            print("unetkit: cancelled.", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except Cancelled as error:
+            text = str(error)
+            detail = "" if text in ("", GENERIC_CANCEL) else f" {_one_line(text)}"
+            print(f"unetkit: cancelled.{detail}", file=sys.stderr)
+            return _exit_status(_Stops.cancelled)
         except KeyboardInterrupt:
             print("\nunetkit: interrupted.", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _exit_status(_Stops.aborted)
         except Exception as error:
+            if _Stops.aborted is not None:  # a library turned the interrupt into its own error
+                print("\nunetkit: interrupted.", file=sys.stderr)
+                return _exit_status(_Stops.aborted)
             if args.debug:
                 raise
             print(f"unetkit: error: {error_message(error)}", file=sys.stderr)
@@ -673,10 +831,26 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``unetkit`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return run(args.handler, args)
+    """Entry point of the ``unetkit`` command; returns the exit status.
+
+    From the first line on, Ctrl-C, SIGTERM and SIGHUP end the command with a one-line message
+    (never a traceback), also while PyTorch is still being imported.
+    """
+    _Stops.cancelled = _Stops.aborted = None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, _abort) for signum in STOP_SIGNALS}
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except KeyboardInterrupt:
+            print("\nunetkit: interrupted.", file=sys.stderr)
+            return _exit_status(_Stops.aborted)
+        return run(args.handler, args)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -527,7 +527,10 @@ def prepare_training_data(
         for index in layout.slice_indices(tuple(image.shape), channel_axis):
             check_cancel(cancel)
             labels_yx = _read_labels(labels, index, pair)
-            max_label = max(max_label, int(labels_yx.max(initial=0)))
+            slice_max = int(labels_yx.max(initial=0))
+            if settings is None and slice_max > MAX_CLASSES:
+                _n_classes(slice_max)  # refused here, before counting pixels per class
+            max_label = max(max_label, slice_max)
             region_yx = None if region is None else region[index]
             annotation = (
                 _instance_target(labels_yx, region_yx, settings)

@@ -240,3 +240,33 @@ def autocast_context(
     if chosen is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=resolve_device(device).type, dtype=chosen)
+
+
+#: Fragments of the errors PyTorch raises when an allocation fails (CPU, CUDA, MPS).
+_OUT_OF_MEMORY_TEXTS = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "CUDA out of memory",
+    "MPS backend out of memory",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` means an allocation failed (Python's, or PyTorch's on any device).
+
+    PyTorch reports a failed CPU allocation as a plain ``RuntimeError`` ("DefaultCPUAllocator:
+    can't allocate memory"), CUDA ones as ``torch.OutOfMemoryError``.
+
+    Parameters
+    ----------
+    error : BaseException
+        What a job raised.
+
+    Returns
+    -------
+    bool
+        True for ``MemoryError``, ``OutOfMemoryError`` and PyTorch's allocation failures.
+    """
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(part in text for part in _OUT_OF_MEMORY_TEXTS)

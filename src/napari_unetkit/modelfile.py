@@ -10,16 +10,29 @@ A model file is a ``torch.save`` archive of one dictionary::
     }
 
 Files are read with ``torch.load(weights_only=True)``, which refuses to import or call anything
-while unpickling, so an untrusted file cannot run code. Everything read is then validated field
-by field; any problem raises :class:`ModelFileError` with one sentence naming the file.
+while unpickling, so an untrusted file cannot run code. Before that, the archive's entries are
+checked: every entry must be stored uncompressed (as ``torch.save`` writes them), together
+they may not declare more bytes than the file holds, and the weight data no more than the
+architecture named in the description needs; loading never needs more memory than the file's
+size (no zip bomb). A refused pickle is explained by our own reading of its opcodes (never
+by quoting a library's advice to load it unsafely): a file naming any Python object other than
+PyTorch's tensor rebuilders gets "it holds Python objects other than weights, which are never
+loaded for safety". Everything read is then validated field by field (the description's JSON,
+its nesting depth, the architecture, every weight's name, shape, type - floating point - and
+values - finite); any problem raises :class:`ModelFileError` with one sentence naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import os
 import pickle
+import pickletools
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +40,7 @@ import torch
 
 from napari_unetkit import __version__
 from napari_unetkit.device import resolve_device
-from napari_unetkit.io import atomic_write
+from napari_unetkit.io import atomic_write, not_a_file
 from napari_unetkit.model import UNet, UNetConfig
 
 #: Value of the ``"format"`` key that marks our files.
@@ -51,19 +64,149 @@ def _short(error: BaseException, limit: int = 160) -> str:
     return text.rstrip(".")
 
 
-def _load_failure(error: BaseException) -> str:
-    """Explain a ``torch.load(weights_only=True)`` failure without torch's advice to disable it."""
-    text = str(error)
-    if isinstance(error, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
-        detail = _short(RuntimeError(detail), 100)
-        if detail.startswith("Unsupported global"):
-            return (
-                "it holds Python objects other than weights, which are never loaded for safety "
-                f"[{detail}]"
-            )
-        return f"it is not a weights file [{detail}]"
-    return _short(error)
+#: Globals a weights-only PyTorch archive names (tensor and storage rebuilders, OrderedDict).
+_WEIGHT_GLOBAL_MODULES = ("torch", "torch._utils", "torch._tensor", "collections")
+#: The most bytes of a pickle read to explain why it was refused.
+_SCAN_LIMIT = 64 << 20
+#: Pickle opcodes that name a global (a class or function to import).
+_NAMING_OPCODES = ("GLOBAL", "INST")
+_STRING_OPCODES = (
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+    "SHORT_BINSTRING", "BINSTRING", "STRING",
+)  # fmt: skip
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """Return the pickle to explain: an archive's ``data.pkl``, else the file's start."""
+    with contextlib.suppress(zipfile.BadZipFile, OSError, ValueError, KeyError):
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if info.filename.endswith("data.pkl") and info.file_size <= _SCAN_LIMIT:
+                        return archive.read(info)
+                return b""
+    with open(path, "rb") as file:
+        return file.read(_SCAN_LIMIT)
+
+
+def _named_globals(data: bytes) -> list[str]:
+    """Every ``module.name`` the pickles in ``data`` would import, read from the opcodes only.
+
+    Legacy PyTorch files are several pickles in a row; all are read, up to the first that
+    cannot be parsed. Nothing is unpickled.
+    """
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        strings: list[str] = []
+        try:
+            for opcode, argument, _ in pickletools.genops(stream):
+                if opcode.name in _NAMING_OPCODES and isinstance(argument, str):
+                    found.append(".".join(argument.split(" ", 1)))
+                elif opcode.name in _STRING_OPCODES and isinstance(argument, (str, bytes)):
+                    text = argument.decode("latin-1") if isinstance(argument, bytes) else argument
+                    strings = [*strings[-1:], text]
+                elif opcode.name == "STACK_GLOBAL" and len(strings) == 2:
+                    found.append(".".join(strings))
+        except Exception:
+            break
+    return found
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """Return the globals a refused file names besides PyTorch's tensor rebuilders."""
+    try:
+        names = _named_globals(_pickle_bytes(path))
+    except OSError:
+        return []
+    foreign = [n for n in names if n.rsplit(".", 1)[0] not in _WEIGHT_GLOBAL_MODULES]
+    return list(dict.fromkeys(foreign))
+
+
+def _load_failure(path: Path, error: BaseException) -> str:
+    """Explain a ``torch.load(weights_only=True)`` failure in our words.
+
+    PyTorch's own text advises loading the file unsafely; it is never quoted. A pickle naming
+    Python objects other than weights is named as such (with the first objects it names).
+    """
+    foreign = _foreign_globals(path)
+    if foreign:
+        more = f" and {len(foreign) - 2} more" if len(foreign) > 2 else ""
+        return (
+            "it holds Python objects other than weights, which are never loaded for safety "
+            f"[{', '.join(foreign[:2])}{more}]"
+        )
+    if isinstance(error, pickle.UnpicklingError):
+        return "it is not a weights file"
+    text = _short(error)
+    if any(word in text for word in ("weights_only", "allow_pickle", "Re-running", "trust")):
+        return "it is damaged or not a PyTorch file"
+    return text
+
+
+def _check_archive(path: Path) -> str | None:
+    """Return why the archive must not be unpacked (``None``: its sizes are sound).
+
+    PyTorch writes every entry uncompressed, so the entries' declared sizes are checked before
+    anything is unpacked: a compressed entry (a possible zip bomb), sizes larger than the file,
+    or weight data larger than the architecture named in the description needs (its weights
+    at 8 bytes per number, the widest float type) are refused.
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return None  # a legacy file or no archive: torch reads at most the file itself
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            size = path.stat().st_size
+            declared = 0
+            for entry in entries:
+                stored = entry.compress_type == zipfile.ZIP_STORED
+                if not stored or entry.file_size != entry.compress_size:
+                    return (
+                        f"its entry {entry.filename[-60:]} is compressed, which napari-unetkit "
+                        "never writes (it could unpack to far more memory than the file's size)"
+                    )
+                declared += entry.file_size
+            if declared > size:
+                return (
+                    f"its entries declare {declared} bytes but the file holds only {size}; it "
+                    "is damaged or forged"
+                )
+            return _check_weight_sizes(archive, entries)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
+        return None  # damaged: torch refuses it with its own (harmless) reason
+
+
+def _check_weight_sizes(archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo]) -> str | None:
+    """Refuse weight data larger than the description's architecture can need.
+
+    The description is found in the archive's pickle by reading its opcodes only (nothing is
+    unpickled); where it cannot be found or parsed the check is left to the later validation
+    (the file's size already bounds the memory used).
+    """
+    pickles = [e for e in entries if e.filename.endswith("data.pkl")]
+    if len(pickles) != 1 or pickles[0].file_size > _SCAN_LIMIT:
+        return None
+    strings: list[str] = []
+    with contextlib.suppress(Exception):
+        for opcode, argument, _ in pickletools.genops(archive.read(pickles[0])):
+            if opcode.name in _STRING_OPCODES and isinstance(argument, str):
+                strings.append(argument)
+    try:
+        text = strings[strings.index("description") + 1]
+        config = UNetConfig.from_dict(json.loads(text).get("architecture"))
+        with torch.device("meta"):
+            numbers = sum(t.numel() for t in UNet(config).state_dict().values())
+    except (ValueError, IndexError, TypeError, AttributeError, RecursionError):
+        return None
+    needed = 8 * numbers
+    weights = sum(e.file_size for e in entries if "/data/" in e.filename)
+    if weights > needed:
+        return (
+            f"its weights take {weights} bytes but the architecture it describes needs at most "
+            f"{needed}; it is damaged or forged"
+        )
+    return None
 
 
 def _with_suffix(path: Path) -> Path:
@@ -79,7 +222,13 @@ def _json_default(value: object) -> object:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def save_model(path: str | os.PathLike, model: UNet, description: Mapping | None = None) -> Path:
+def save_model(
+    path: str | os.PathLike,
+    model: UNet,
+    description: Mapping | None = None,
+    *,
+    overwrite: bool = True,
+) -> Path:
     """Save a model and its description atomically.
 
     Parameters
@@ -94,6 +243,9 @@ def save_model(path: str | os.PathLike, model: UNet, description: Mapping | None
         settings, history, metrics, data shapes). ``"architecture"`` is set from
         ``model.config``; ``"package_version"`` and ``"created"`` (ISO 8601, UTC) are added if
         missing.
+    overwrite : bool
+        Replace an existing file (default); with ``False`` an existing file, also one created
+        while saving, raises ``FileExistsError`` (see :func:`napari_unetkit.io.atomic_write`).
 
     Returns
     -------
@@ -130,27 +282,35 @@ def save_model(path: str | os.PathLike, model: UNet, description: Mapping | None
         "state_dict": state,
     }
     path = _with_suffix(Path(path))
-    with atomic_write(path, "wb") as file:
+    with atomic_write(path, "wb", overwrite=overwrite) as file:
         torch.save(payload, file)
     return path
 
 
 def _read_payload(path: Path) -> tuple[dict, dict, UNetConfig]:
     """Load and validate a model file: format, description, architecture, weight shapes."""
-    if not path.exists():
+    problem = not_a_file(path)
+    if problem == "does not exist":
         raise FileNotFoundError(f"The model file {path} does not exist.")
-    if not path.is_file():
-        raise ModelFileError(f"{path} is not a napari-unetkit model file (it is not a file).")
+    if problem is not None:
+        raise ModelFileError(f"{path} is not a napari-unetkit model file (it {problem}).")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path} is not a napari-unetkit model file (the file is empty).")
 
     def fail(reason: str) -> ModelFileError:
         return ModelFileError(f"{path} is not a napari-unetkit model file ({reason}).")
 
+    unsound = _check_archive(path)
+    if unsound is not None:
+        raise fail(f"it could not be read safely: {unsound}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's notes on unusual pickle protocols
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as error:
-        raise fail(f"it could not be read safely: {_load_failure(error)}") from None
+        raise fail(f"it could not be read safely: {_load_failure(path, error)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise fail("it has no napari-unetkit format marker; it may belong to another program")
     version = payload.get("format_version")
@@ -166,6 +326,8 @@ def _read_payload(path: Path) -> tuple[dict, dict, UNetConfig]:
         raise fail("its description is missing")
     try:
         description = json.loads(text)
+    except RecursionError:
+        raise fail("its description is nested too deeply to be a model description") from None
     except ValueError as error:
         raise fail(f"its description is not valid JSON: {_short(error)}") from None
     if not isinstance(description, dict):
@@ -184,11 +346,17 @@ def _read_payload(path: Path) -> tuple[dict, dict, UNetConfig]:
 
 
 def _check_weights(path: Path, state: dict, config: UNetConfig) -> None:
-    """Compare weight names and shapes with the architecture (on the meta device: no memory)."""
+    """Compare weight names, shapes and types with the architecture; refuse non-finite values.
+
+    The architecture is built on the meta device (no memory). Weights must be real floating
+    point where the network has floating-point weights (never complex or integer), and finite.
+    """
     with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in UNet(config).state_dict().items()}
+        reference = UNet(config).state_dict()
+    expected = {name: tuple(t.shape) for name, t in reference.items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if found == expected:
+        _check_weight_values(path, state, reference)
         return
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -202,6 +370,28 @@ def _check_weights(path: Path, state: dict, config: UNetConfig) -> None:
         f"{path} is damaged or from an incompatible version of napari-unetkit (its weights do "
         f"not match its architecture; {'; '.join(details)})."
     )
+
+
+def _check_weight_values(path: Path, state: dict, reference: dict) -> None:
+    """Refuse weights of the wrong type and NaN or infinite weights.
+
+    Floating-point weights may be stored in any real floating type (they are converted when
+    loaded); integer, boolean or complex ones are refused, as are complex counters.
+    """
+    for name, tensor in state.items():
+        wanted = reference[name]
+        if tensor.is_complex() or (wanted.is_floating_point() and not tensor.is_floating_point()):
+            kind = "real floating-point" if wanted.is_floating_point() else "real"
+            raise ModelFileError(
+                f"{path} is damaged or not a napari-unetkit model file (its weight {name} has "
+                f"type {str(tensor.dtype).removeprefix('torch.')}; {kind} values are expected)."
+            )
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(
+                f"{path} holds NaN or infinite weights (in {name}), so it cannot predict "
+                "anything; the training that wrote it diverged. Train the model again."
+            )
 
 
 def read_description(path: str | os.PathLike) -> dict:

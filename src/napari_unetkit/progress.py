@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 
+#: The message of a :class:`Cancelled` that has nothing more to say than that.
+GENERIC_CANCEL = "The job was cancelled."
+
 
 class Cancelled(Exception):
     """Raised inside a long job when its ``cancel`` event is set; callers catch it."""
@@ -18,4 +21,4 @@ def check_cancel(cancel: threading.Event | None) -> None:
         The job's cancel flag; ``None`` means the job cannot be cancelled.
     """
     if cancel is not None and cancel.is_set():
-        raise Cancelled("The job was cancelled.")
+        raise Cancelled(GENERIC_CANCEL)

@@ -19,8 +19,10 @@ Budget
 Cancel
     ``cancel`` (a :class:`threading.Event`) is checked before every step and between
     validation slices. When it is set, training stops within one step and :func:`train`
-    returns normally with ``stopped_by="cancel"``. Only a cancel during data preparation,
-    before any model exists, raises :class:`napari_unetkit.progress.Cancelled`.
+    returns normally with ``stopped_by="cancel"``. A cancel before the first training step
+    (during data preparation, or after it but before any step ran) saves nothing, so an
+    untrained network never replaces an existing file: :func:`train` then raises
+    :class:`napari_unetkit.progress.Cancelled` with :data:`NOTHING_SAVED` as its message.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ from napari_unetkit.prediction import Predictor
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.weightmap import PRESETS, WeightMapSettings
 
+#: The message of the :class:`Cancelled` raised by a stop before the first training step.
+NOTHING_SAVED = "Stopped before the first training step: no model was saved."
+
 #: Training modes: separated instances (2 classes) or user classes ``1..K``.
 MODES = ("instances", "classes")
 #: Optimisers: AdamW, or SGD with (the paper's high) momentum.
@@ -76,6 +81,10 @@ MAX_NON_FINITE_STEPS = 20
 STAGES = ("preparing", "training", "validating", "saving", "done")
 #: How training ended.
 STOPPED_BY = ("epochs", "time_limit", "cancel")
+#: Most patches per step (far beyond what fits in memory with useful patch sizes).
+MAX_BATCH_SIZE = 1024
+#: Largest seed (NumPy's and PyTorch's generators both take it).
+MAX_SEED = 2**32 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,17 +92,24 @@ STOPPED_BY = ("epochs", "time_limit", "cancel")
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(value: Any, name: str, allow_none: bool = False) -> None:
+def _positive_int(value: Any, name: str, allow_none: bool = False, high: int | None = None) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high}, got {value!r}.")
 
 
 def _number(value: Any, name: str, low: float, high: float = math.inf) -> None:
     ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
     if not ok or not math.isfinite(float(value)) or not low <= float(value) <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}.")
+        bounds = (
+            f"a finite number of at least {low:g}"
+            if math.isinf(high)
+            else f"a number from {low:g} to {high:g}"
+        )
+        raise ValueError(f"{name} must be {bounds}, got {value!r}.")
 
 
 def _choice(value: Any, name: str, options: Sequence[str]) -> None:
@@ -238,8 +254,12 @@ class TrainConfig:
         _choice(self.optimizer, "optimizer", OPTIMIZERS)
         _choice(self.schedule, "schedule", SCHEDULES)
         _choice(self.loss, "loss", LOSSES)
-        for name in ("patch_size", "batch_size"):
-            _positive_int(getattr(self, name), name)
+        _positive_int(self.patch_size, "patch_size")
+        _positive_int(self.batch_size, "batch_size", high=MAX_BATCH_SIZE)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be a whole number, got {self.seed!r}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to {MAX_SEED}, got {self.seed!r}.")
         _positive_int(self.steps_per_epoch, "steps_per_epoch", allow_none=True)
         self._validate_budget()
         _number(self.learning_rate, "learning_rate", 0.0)
@@ -1144,6 +1164,8 @@ class _Run:
                 self.stopped_by = "epochs"
                 break
             self.run_epoch()
+            if self.stopped_by == "cancel" and self.steps_run == 0:
+                raise Cancelled(NOTHING_SAVED)  # nothing trained: keep any existing file
             if self.stopped_by == "cancel" or self.epoch_steps == 0:
                 break
             self.finish_epoch()
@@ -1363,7 +1385,8 @@ def train(
         Called with a :class:`TrainProgress` after every step, at every epoch end and at each
         stage change. It runs in the training thread: keep it cheap.
     cancel : threading.Event, optional
-        When set, training stops within one step and the function returns normally.
+        When set, training stops within one step and the function returns normally (having
+        saved the best model), unless no step has run yet (see Raises).
     on_epoch_end : callable, optional
         ``on_epoch_end(model, entry)``, called in the training thread after every validated
         epoch (after the best model was saved) with the live model (in training mode) and the
@@ -1380,7 +1403,9 @@ def train(
     ValueError
         For invalid settings, unusable data, or a resumed model that does not fit the data.
     napari_unetkit.progress.Cancelled
-        Only if ``cancel`` is set while the data is being prepared (no model exists yet).
+        Only if ``cancel`` is set before the first training step (while the data is being
+        prepared, or before the first step ran); nothing is saved then and the message is
+        :data:`NOTHING_SAVED`.
     FloatingPointError
         If the loss stays non-finite for many steps in a row (learning rate far too high).
     """
@@ -1431,8 +1456,11 @@ def _train(
         normalization = NormalizationSettings.from_dict(resumed[1]["normalization"])
     report = _preparation_reporter(progress, start)
     report(0, 0)
-    data = _prepare(pairs_or_data, config, normalization, regions, cancel, report)
-    train_slices, val_slices = _split(data, validation, config, data.normalization, cancel)
+    try:
+        data = _prepare(pairs_or_data, config, normalization, regions, cancel, report)
+        train_slices, val_slices = _split(data, validation, config, data.normalization, cancel)
+    except Cancelled:
+        raise Cancelled(NOTHING_SAVED) from None
     notes: list[str] = []
     if data.empty_channels:
         notes.append(_empty_channel_note(data))

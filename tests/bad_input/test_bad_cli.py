@@ -92,6 +92,9 @@ TRAIN_ERRORS = {
     "epochs 0": (IMAGE, LABELS, ["--epochs", "0"], "set epochs to at least 1"),
     "time limit 0": (IMAGE, LABELS, ["--time-limit", "0"], "positive number of seconds"),
     "batch size 0": (IMAGE, LABELS, ["--batch-size", "0"], "batch_size must be a positive"),
+    "batch size 100000": (IMAGE, LABELS, ["--batch-size", "100000"], "at most 1024"),
+    "seed 2**70": (IMAGE, LABELS, ["--seed", str(2**70)], "seed must be from 0 to 4294967295"),
+    "infinite learning rate": (IMAGE, LABELS, ["--lr", "inf"], "must be a finite number"),
     "patch size 0": (IMAGE, LABELS, ["--patch-size", "0"], "patch_size must be a positive"),
 }
 
@@ -128,7 +131,7 @@ def test_train_refuses_bad_files_and_resume_models(tmp_path, capsys, grey_model)
     np.save(hostile, np.array([TouchOnLoad(tmp_path / "marker")], dtype=object))
     cases["NumPy file holding objects"] = (
         ["--image", hostile, "--labels", labels],
-        "objects.npy: it is not a valid NumPy .npy file (Object arrays cannot be loaded",
+        "objects.npy: it holds Python objects other than numbers, which are never loaded.",
     )
     rgb = save(tmp_path, "rgb.npy", np.stack([IMAGE] * 3, axis=-1))
     cases["resume a greyscale model on RGB"] = (
@@ -209,6 +212,12 @@ PREDICT_ERRORS = {
     "complex image": (IMAGE.astype(np.complex64), "grey_model", [], "complex values"),
     "empty image": (np.zeros((0, 16), np.uint8), "grey_model", [], "The image is empty"),
     "tile size 0": (IMAGE, "grey_model", ["--tile-size", "0"], "tile size (pixels) must be"),
+    "tile size 1": (
+        IMAGE,
+        "grey_model",
+        ["--tile-size", "1"],
+        "--tile-size must be at least 24 pixels for this model",
+    ),
     "threshold 1.5": (IMAGE, "grey_model", ["--threshold", "1.5"], "between 0 and 1"),
     "negative minimum size": (IMAGE, "grey_model", ["--min-size", "-1"], "min_size must be"),
 }
@@ -233,7 +242,7 @@ PREDICT_ODD = {
     "4D stack": ((2, 2, 16, 24), []),
     "5D stack": ((1, 2, 2, 16, 24), []),
     "tile larger than the image": ((40, 30), ["--tile-size", "4096"]),
-    "tile smaller than the halo": ((40, 30), ["--tile-size", "4"]),
+    "tile as small as the halo": ((40, 30), ["--tile-size", "24"]),
 }
 
 

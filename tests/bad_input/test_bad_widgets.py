@@ -14,6 +14,7 @@ import torch
 from bad_cases import BAD_MODEL_FILES, cells, untrained_model
 
 from napari_unetkit import data as data_module
+from napari_unetkit import training
 from napari_unetkit._napari import jobs, predict_widget, train_settings, weightmap_widget
 from napari_unetkit._napari.layers import METADATA_KEY
 from napari_unetkit._napari.session import SESSION
@@ -179,6 +180,34 @@ def test_stop_during_data_preparation_saves_nothing(
     assert widget._status.value == "Stopped before training began: no model was saved."
     assert files(tmp_path / "models") == []
     assert widget._start.enabled and widget._start.text == "Start training"
+
+
+def test_stop_after_preparation_before_the_first_step_saves_nothing(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    entered, release = threading.Event(), threading.Event()
+    real = training._Run.run_epoch
+
+    def wait_before_the_first_step(self) -> None:
+        if self.steps_run == 0 and not entered.is_set():
+            entered.set()
+            release.wait(30)
+        real(self)
+
+    monkeypatch.setattr(training._Run, "run_epoch", wait_before_the_first_step)
+    viewer = make_napari_viewer()
+    image, labels = cells((32, 32))
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells labels")
+    widget = dock(viewer, "Train U-Net")
+    tiny_settings(widget, tmp_path / "models" / "m.unet")
+    widget._start.native.click()
+    qtbot.waitUntil(entered.is_set, timeout=TIMEOUT_MS)  # data prepared, model built
+    widget._start.native.click()  # Stop
+    release.set()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
+    assert widget._status.value == "Stopped before training began: no model was saved."
+    assert files(tmp_path / "models") == []
 
 
 def test_tiny_image_with_a_single_cell_trains_and_previews(make_napari_viewer, qtbot, tmp_path):

@@ -6,6 +6,7 @@ remain, and no half-written output may appear.
 
 import errno
 import os
+import re
 import signal
 import threading
 
@@ -18,7 +19,7 @@ from bad_cases import TINY_TRAINING, cells, error_line, temp_files, untrained_mo
 from napari_unetkit import cli
 from napari_unetkit.modelfile import load_model, read_description
 from napari_unetkit.progress import Cancelled
-from napari_unetkit.training import TrainConfig, TrainProgress, train
+from napari_unetkit.training import NOTHING_SAVED, TrainConfig, TrainProgress, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,6 +33,7 @@ STACK = cells((3, 48, 64))
 #: stage -> (validation fraction, when to cancel, epochs in the saved history)
 CANCEL_POINTS = {
     "preparing": (0.0, lambda e: e.stage == "preparing" and "slice 1 of 3" in e.message, None),
+    "before the first step": (0.0, lambda e: e.message == "training started", None),
     "training": (0.0, lambda e: e.stage == "training" and e.epoch == 2 and e.step == 1, 1),
     "validating": (0.34, lambda e: e.stage == "validating" and e.epoch == 2, 1),
     "saving": (0.0, lambda e: e.stage == "saving" and "(epoch 2)" in e.message, 2),
@@ -52,10 +54,10 @@ def test_cancel_at_any_stage_keeps_the_best_model(stage, tmp_path):
             cancel.set()
 
     config = tiny(val_fraction=fraction)
-    if stage == "preparing":
-        with pytest.raises(Cancelled):
+    if kept_epochs is None:  # nothing trained yet: nothing saved, the old model untouched
+        with pytest.raises(Cancelled, match="^" + re.escape(NOTHING_SAVED) + "$"):
             train([STACK], config, out=out, progress=progress, cancel=cancel)
-        assert out.read_bytes() == previous  # nothing was written
+        assert out.read_bytes() == previous
     else:
         result = train([STACK], config, out=out, progress=progress, cancel=cancel)
         assert result.stopped_by == "cancel" and stage in seen
@@ -118,10 +120,10 @@ def _interrupt_when(monkeypatch, fragment: str) -> list[str]:
 def test_ctrl_c_during_stack_prediction_writes_nothing(tmp_path, capsys, monkeypatch):
     model = untrained_model(tmp_path / "m.unet")
     image = tmp_path / "stack.tif"
-    tifffile.imwrite(image, cells((6, 32, 32))[0])
+    tifffile.imwrite(image, cells((6, 64, 64))[0])
     out = tmp_path / "labels.tif"
     shown = _interrupt_when(monkeypatch, "slice 3/6")
-    args = ["predict", "--model", model, "--image", image, "--out", out, "--tile-size", "16"]
+    args = ["predict", "--model", model, "--image", image, "--out", out, "--tile-size", "24"]
     code = cli.main([*map(str, args), "--device", "cpu"])
     err = capsys.readouterr().err
     assert any("slice 3/6" in text for text in shown)

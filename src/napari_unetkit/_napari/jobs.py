@@ -19,6 +19,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
+from napari_unetkit.device import is_out_of_memory
 from napari_unetkit.io import os_error_text
 from napari_unetkit.progress import Cancelled
 
@@ -78,7 +79,7 @@ def error_message(error: BaseException, action: str) -> str:
         return f"{action} failed: {os_error_text(error)}"
     if isinstance(error, USER_ERRORS):
         return f"{action} failed: {error}"
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    if is_out_of_memory(error):
         return (
             f"{action} failed: out of memory. Choose a smaller patch or batch size (training) "
             "or tile size (prediction), or the CPU as the device."
