@@ -116,7 +116,7 @@ PROJECT_URL = "https://github.com/napari-unetkit/napari-unetkit"
 
 
 def tile_halo(config: UNetConfig) -> int:
-    """The output halo declared in packages: the predictor's default tile margin (pixels).
+    """Return the output halo packages declare: the predictor's default tile margin (pixels).
 
     It is a multiple of ``2**depth`` (:func:`napari_unetkit.prediction.default_halo`), exact
     (tiles equal whole-image prediction) up to depth 5 with transposed convolutions.
@@ -165,7 +165,7 @@ def _normalization(description: Mapping) -> NormalizationSettings:
 
 
 def _synthetic_test_image(config: UNetConfig, size: int) -> np.ndarray:
-    """A synthetic nuclei image ``(C, size, size)``; extra channels are scaled copies."""
+    """Return a synthetic nuclei image ``(C, size, size)``; extra channels are scaled copies."""
     from napari_unetkit.synthetic import synthetic_nuclei
 
     image, _ = synthetic_nuclei((size, size), seed=0)
@@ -206,10 +206,7 @@ def prepare_test_image(
         return _synthetic_test_image(config, max(DEFAULT_TEST_SIZE, smallest))
     image = np.asarray(image)
     check_image_dtype(image.dtype)
-    if channel_axis is None:
-        image = image[None]
-    else:
-        image = np.moveaxis(image, channel_axis, 0)
+    image = image[None] if channel_axis is None else np.moveaxis(image, channel_axis, 0)
     if image.ndim != 3:
         raise ValueError(
             f"The test image must be one 2D image (with a channel axis for colour models), got "
@@ -235,9 +232,7 @@ def prepare_test_image(
     return np.ascontiguousarray(crop, dtype=np.float32)
 
 
-def reference_probabilities(
-    model: UNet, description: Mapping, image_cyx: np.ndarray
-) -> np.ndarray:
+def reference_probabilities(model: UNet, description: Mapping, image_cyx: np.ndarray) -> np.ndarray:
     """Probabilities ``(K, Y, X)`` of a raw test image by this package's predictor (float32).
 
     The image is normalised as :meth:`~napari_unetkit.prediction.Predictor.predict` does (its
@@ -259,9 +254,9 @@ def reference_probabilities(
 
 
 def standalone_network(model: UNet) -> nn.Module:
-    """The package's architecture (:mod:`~napari_unetkit.standalone_unet`) with ``model``'s weights.
+    """Return the package's architecture with ``model``'s weights, in eval mode on the CPU.
 
-    Returns the network in eval mode on the CPU; it returns probabilities.
+    The network is :class:`napari_unetkit.standalone_unet.UNet`; it returns probabilities.
     """
     config = model.config
     net = standalone_unet.UNet(**config.to_dict())
@@ -280,7 +275,7 @@ def _tiff_bytes(array: np.ndarray) -> bytes:
     import tifffile
 
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array)
+    tifffile.imwrite(buffer, array, photometric="minisblack")
     return buffer.getvalue()
 
 
@@ -306,7 +301,7 @@ _PALETTE = np.array(
 
 
 def _cover_png(normalised_cyx: np.ndarray, probs: np.ndarray, mode: str) -> bytes:
-    """A 2:1 PNG: the normalised test image (left) and the network's output (right)."""
+    """Return a 2:1 PNG: the normalised test image (left) and the network's output (right)."""
     from matplotlib.image import imsave
 
     if normalised_cyx.shape[0] == 3:
@@ -334,7 +329,7 @@ def _class_names(description: Mapping, config: UNetConfig) -> list[str]:
 
 
 def _channel_id(name: str, index: int, used: set[str]) -> str:
-    """An identifier-like channel name for the description (unique)."""
+    """Return an identifier-like, unique channel name for the description."""
     text = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or f"class{index + 1}"
     if text[0].isdigit():
         text = f"c{text}"
@@ -345,7 +340,7 @@ def _channel_id(name: str, index: int, used: set[str]) -> str:
 
 
 def instance_settings(description: Mapping) -> dict:
-    """Settings of the instance pipeline: defaults of the post-processing, then the model's.
+    """Return the instance pipeline's settings: post-processing defaults, then the model's.
 
     The defaults are the keyword defaults of
     :func:`napari_unetkit.postprocess.instances_from_probabilities`; any of them the
@@ -692,7 +687,9 @@ def export_package(
     config = net.config
     settings = _normalization(info)
     if info.get("mode") not in ("instances", "classes"):
-        raise ValueError(f"The model's mode must be instances or classes, got {info.get('mode')!r}.")
+        raise ValueError(
+            f"The model's mode must be instances or classes, got {info.get('mode')!r}."
+        )
     authors = [str(a).strip() for a in authors if str(a).strip()]
     if not authors:
         raise ValueError("Give at least one author name.")
@@ -712,6 +709,7 @@ def export_package(
         # TorchScript is deprecated in favour of torch.export, but it is the format
         # deepImageJ, QuPath and bioimageio.core run.
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # group norm's size check
         _check_close(standalone(x)[0].numpy(), probs, "architecture and state dict")
         traced = torch.jit.trace(standalone, x, check_trace=False)
         torchscript = _tensor_bytes(lambda f: torch.jit.save(traced, f))
@@ -790,9 +788,8 @@ def _entry_problem(info: zipfile.ZipInfo) -> str | None:
         return f"the entry {name!r} points outside the package ('..')"
     if info.file_size > MAX_ENTRY_BYTES:
         return f"the entry {name!r} would expand to {info.file_size} bytes"
-    if (
-        info.file_size > RATIO_CHECK_BYTES
-        and info.file_size > MAX_RATIO * max(info.compress_size, 1)
+    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_RATIO * max(
+        info.compress_size, 1
     ):
         return (
             f"the entry {name!r} expands {info.file_size // max(info.compress_size, 1)} times "
@@ -854,7 +851,7 @@ def _file_entries(node: object) -> Iterable[tuple[str, object]]:
 
 
 def _local_name(source: str) -> str | None:
-    """The zip entry a description's ``source`` names, or ``None`` for a URL."""
+    """Return the zip entry a description's ``source`` names, or ``None`` for a URL."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
         return None
     return str(PurePosixPath(source.removeprefix("./")))
@@ -937,7 +934,8 @@ def read_package(path: str | os.PathLike) -> tuple[dict, dict, UNetConfig]:
             raise fail(f"its {rdf_name} is not valid YAML: {_short(error)}") from None
         if not isinstance(rdf, dict) or rdf.get("type") != "model":
             raise fail(f"its {rdf_name} does not describe a model")
-        ours = rdf.get("config", {}).get(CONFIG_KEY) if isinstance(rdf.get("config"), dict) else None
+        extra = rdf.get("config")
+        ours = extra.get(CONFIG_KEY) if isinstance(extra, dict) else None
         if not isinstance(ours, dict) or ours.get("format") != CONFIG_FORMAT:
             raise ModelFileError(
                 f"{path} is a bioimage.io model that napari-unetkit cannot run, because it was "
