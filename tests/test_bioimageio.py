@@ -292,6 +292,19 @@ def test_cli_export_and_predict(instance_model, tmp_path, capsys):
     assert np.array_equal(read_image(tmp_path / "a.tif"), read_image(tmp_path / "b.tif"))
 
 
+def test_export_of_a_network_with_numpy_values_in_its_description(tmp_path):
+    model = _tiny(UNetConfig(depth=1, base_channels=2))
+    description = {
+        "mode": "instances",
+        "normalization": NORMALIZATION,
+        "metrics": {"best_validation_score": np.float32(0.5), "best_epoch": np.int64(3)},
+    }
+    path = bio.export_package(model, tmp_path / "np", description=description)
+    assert path.name == "np.bioimageio.zip"
+    assert read_description(path)["metrics"] == {"best_validation_score": 0.5, "best_epoch": 3}
+    assert model.training is False and next(model.parameters()).device.type == "cpu"
+
+
 def test_export_refuses_what_a_package_cannot_express(tmp_path):
     model = _tiny(UNetConfig(depth=2, base_channels=2))
     description = {"mode": "instances", "normalization": {"low": 0.0, "high": 1.0}}

@@ -41,6 +41,7 @@ import datetime
 import hashlib
 import inspect
 import io
+import json
 import math
 import os
 import re
@@ -57,7 +58,7 @@ from torch import nn
 from napari_unetkit import __version__, postprocess, standalone_unet
 from napari_unetkit.io import atomic_write
 from napari_unetkit.model import UNet, UNetConfig
-from napari_unetkit.modelfile import ModelFileError, load_model
+from napari_unetkit.modelfile import ModelFileError, _json_default, load_model
 from napari_unetkit.normalization import (
     NormalizationSettings,
     apply_percentiles,
@@ -148,7 +149,10 @@ def _resolve_model(model: UNet | str | os.PathLike, description: Mapping | None)
     if description is None:
         raise TypeError("export_package needs the model's description with a UNet.")
     net = copy.deepcopy(model).to("cpu").eval()
-    info = dict(description)
+    try:  # plain JSON values (NumPy scalars, tensors, paths converted), as save_model stores
+        info = json.loads(json.dumps(dict(description), default=_json_default))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"The model description is not JSON-serialisable: {error}.") from None
     info["architecture"] = net.config.to_dict()
     return net, info
 
