@@ -136,7 +136,9 @@ def test_package_contents(instance_package, instance_model):
         readme = zf.read("README.md").decode()
         test_input = np.load(io.BytesIO(zf.read("test_input.npy")))
         test_output = np.load(io.BytesIO(zf.read("test_output.npy")))
-    assert {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "unet.py", "cover.png"} <= names
+    expected = {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "weights.onnx", "unet.py"}
+    assert expected | {"cover.png", "README.md", "sample_input.tif"} <= names
+    assert set(rdf["weights"]) == {"pytorch_state_dict", "torchscript", "onnx"}
     assert test_input.shape == (1, 1, 72, 68) and test_input.dtype == np.float32
     assert test_output.shape == (1, 2, 72, 68) and test_output.dtype == np.float32
     (space_y,) = [a for a in rdf["inputs"][0]["axes"] if a.get("id") == "y"]
@@ -167,8 +169,9 @@ def _bioimageio_test(package: Path):
     failed = [d for d in summary.details if d.status == "failed"]
     assert summary.status == "passed", summary.format()
     assert not failed
-    names = " ".join(d.name for d in summary.details)
-    assert "torchscript" in names and "pytorch_state_dict" in names
+    passed = {d.name for d in summary.details if d.status == "passed"}
+    for weights in ("pytorch_state_dict", "torchscript", "onnx"):
+        assert f"Reproduce test outputs from test inputs ({weights})" in passed
     return summary
 
 

@@ -7,6 +7,8 @@ Export (:func:`export_package`) writes one zip file that ``bioimageio test`` acc
   with ``unet.py`` (:mod:`napari_unetkit.standalone_unet`, needs only PyTorch) as their
   architecture;
 - ``weights_torchscript.pt``: the same network traced to TorchScript;
+- ``weights.onnx``: the same network as ONNX (opset 17, dynamic batch and size), checked with
+  ``onnxruntime`` where that is installed; left out with a warning if PyTorch cannot export it;
 - ``test_input.npy`` / ``test_output.npy``: a raw image and the probabilities this package's
   :class:`~napari_unetkit.prediction.Predictor` computes for it (float32);
 - ``cover.png`` and ``README.md`` (with a Validation section and how instances are obtained).
@@ -79,6 +81,9 @@ RDF_NAMES = ("rdf.yaml", "bioimageio.yaml", "model.yaml")
 RDF_FILE = "rdf.yaml"
 WEIGHTS_FILE = "weights.pt"
 TORCHSCRIPT_FILE = "weights_torchscript.pt"
+ONNX_FILE = "weights.onnx"
+#: ONNX operator set of the ``onnx`` weights.
+ONNX_OPSET = 17
 ARCHITECTURE_FILE = "unet.py"
 TEST_INPUT_FILE = "test_input.npy"
 TEST_OUTPUT_FILE = "test_output.npy"
@@ -604,6 +609,17 @@ def _rdf(
                 "pytorch_version": torch_version,
                 "parent": "pytorch_state_dict",
             },
+            **(
+                {
+                    "onnx": {
+                        **_file(ONNX_FILE, files),
+                        "opset_version": ONNX_OPSET,
+                        "parent": "pytorch_state_dict",
+                    }
+                }
+                if ONNX_FILE in files
+                else {}
+            ),
         },
         "config": {
             "bioimageio": {
@@ -622,6 +638,44 @@ def _rdf(
             },
         },
     }
+
+
+def _onnx_bytes(net: nn.Module, x: torch.Tensor, expected: np.ndarray) -> bytes | None:
+    """Return ``net`` as ONNX (dynamic batch, height and width), or ``None`` with a warning.
+
+    Uses PyTorch's TorchScript-based exporter, which needs no other package. Where
+    ``onnxruntime`` is installed, the exported network must reproduce ``expected``.
+    """
+    axes = {0: "batch", 2: "y", 3: "x"}
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net,
+                (x,),
+                buffer,
+                dynamo=False,
+                input_names=[INPUT_ID],
+                output_names=[OUTPUT_ID],
+                dynamic_axes={INPUT_ID: axes, OUTPUT_ID: axes},
+                opset_version=ONNX_OPSET,
+            )
+    except Exception as error:  # an optional format: the package is complete without it
+        warnings.warn(
+            f"The package has no ONNX weights: PyTorch could not export them ({_short(error)}).",
+            stacklevel=3,
+        )
+        return None
+    data = buffer.getvalue()
+    try:
+        import onnxruntime
+    except ImportError:
+        return data
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {INPUT_ID: x.numpy()})
+    _check_close(out[0], expected, "ONNX network")
+    return data
 
 
 def _check_close(a: np.ndarray, b: np.ndarray, what: str) -> None:
@@ -717,6 +771,7 @@ def export_package(
         _check_close(standalone(x)[0].numpy(), probs, "architecture and state dict")
         traced = torch.jit.trace(standalone, x, check_trace=False)
         torchscript = _tensor_bytes(lambda f: torch.jit.save(traced, f))
+        onnx = _onnx_bytes(standalone, x, probs)
         _check_close(traced(x)[0].numpy(), probs, "TorchScript network")
     check_cancel(cancel)
 
@@ -733,6 +788,8 @@ def export_package(
         SAMPLE_OUTPUT_FILE: _tiff_bytes(probs[None].astype(np.float32)),
         COVER_FILE: _cover_png(normalised, probs, info["mode"]),
     }
+    if onnx is not None:
+        files[ONNX_FILE] = onnx
     name = _package_name(name, out)
     files[README_FILE] = _readme(name, info, config, settings, classes, instances).encode()
     mode_tag = "instance-segmentation" if info["mode"] == "instances" else "semantic-segmentation"
