@@ -406,6 +406,19 @@ def test_pickled_objects_are_never_loaded(instance_package, tmp_path):
     _refused(_write(tmp_path / "p.zip", entries, rdf), "could not be read safely")
 
 
+def test_the_package_source_is_never_run(instance_package, tmp_path):
+    marker = tmp_path / "ran"
+    entries = _entries(instance_package)
+    entries["unet.py"] = f"open({str(marker)!r}, 'w').write('x')\n".encode() + entries["unet.py"]
+    rdf = yaml.safe_load(entries["rdf.yaml"])
+    architecture = rdf["weights"]["pytorch_state_dict"]["architecture"]
+    architecture["sha256"] = bio._sha256(entries["unet.py"])
+    package = _write(tmp_path / "p.zip", entries, rdf)
+    model, description = load_model(package)
+    Predictor(model, description, device="cpu").predict(np.ones((16, 16)))
+    assert not marker.exists()
+
+
 def test_foreign_and_future_packages_get_one_sentence(instance_package, tmp_path):
     entries = _entries(instance_package)
     rdf = yaml.safe_load(entries["rdf.yaml"])
