@@ -403,8 +403,8 @@ def _readme(
         f"Height and width: multiples of {factor}, at least {smallest} (one {factor} px block "
         f"plus the {tile_halo(config)} px halo on each side that tiled prediction needs).",
         "",
-        f"Pre-processing: each channel is scaled so that its {settings.low:g}th percentile maps "
-        f"to 0 and its {settings.high:g}th percentile to 1 (`scale_range` over `y, x`, linear "
+        f"Pre-processing: each channel is scaled so that its percentile {settings.low:g} maps "
+        f"to 0 and its percentile {settings.high:g} to 1 (`scale_range` over `y, x`, linear "
         "percentile interpolation; values outside are kept). napari-unetkit takes these "
         "percentiles over the whole image or stack (estimated from a subsample above 4 million "
         "pixels per channel); a tile-by-tile consumer that computes them per tile gets "
