@@ -121,6 +121,18 @@ def test_size_rule_follows_depth():
     assert bio.min_input_size(UNetConfig(depth=4)) == 208  # 96 px halo on each side
 
 
+def test_instance_settings_come_from_the_description_or_the_defaults():
+    defaults = {"threshold": 0.5, "min_size": 10, "grow": 2}
+    assert bio.instance_settings({}) == defaults
+    description = {"post_processing": {"threshold": 0.3}, "training": {"min_size": 99}}
+    assert bio.instance_settings(description) == {**defaults, "threshold": 0.3}
+    assert bio.instance_settings({"grow": 0, "instances": {"min_size": 4}}) == {
+        "threshold": 0.5,
+        "min_size": 4,
+        "grow": 0,
+    }
+
+
 # ------------------------------------------------------------------------- the package
 
 

@@ -112,6 +112,9 @@ RATIO_CHECK_BYTES = 1024**2
 #: Slack allowed over the exact size of the weights' tensors (the torch.save container).
 WEIGHTS_SLACK_BYTES = 4 * 1024**2
 
+#: Words marking the description's nested dictionaries that may hold instance settings.
+SETTINGS_KEYS = ("post", "instance")
+
 U_NET_DOI = "10.1007/978-3-319-24574-4_28"
 PROJECT_URL = "https://github.com/napari-unetkit/napari-unetkit"
 
@@ -353,8 +356,8 @@ def instance_settings(description: Mapping) -> dict:
 
     The defaults are the keyword defaults of
     :func:`napari_unetkit.postprocess.instances_from_probabilities`; any of them the
-    description sets (at its top level or in a nested settings dictionary, e.g. a
-    post-processing block) replaces the default.
+    description sets, at its top level or in a nested dictionary whose key contains one of
+    :data:`SETTINGS_KEYS` (e.g. ``"postprocessing"``), replaces the default.
     """
     defaults = {
         name: parameter.default
@@ -364,7 +367,11 @@ def instance_settings(description: Mapping) -> dict:
         if parameter.default is not inspect.Parameter.empty
     }
     settings = dict(defaults)
-    candidates = [description] + [v for v in description.values() if isinstance(v, Mapping)]
+    candidates = [description] + [
+        value
+        for key, value in description.items()
+        if isinstance(value, Mapping) and any(word in str(key).lower() for word in SETTINGS_KEYS)
+    ]
     for key in defaults:
         for mapping in candidates:
             value = mapping.get(key)
