@@ -28,6 +28,13 @@ from napari_unetkit.synthetic import synthetic_nuclei
 JIT_LOAD = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 NORMALIZATION = {"method": "percentile", "low": 2.0, "high": 99.5}
+INSTANCES = {
+    "method": "watershed",
+    "threshold": 0.4,
+    "seed_threshold": 0.7,
+    "min_size": 5,
+    "grow": 1,
+}
 
 
 def _tiny(config: UNetConfig, seed: int = 0) -> UNet:
@@ -50,7 +57,7 @@ def instance_model(tmp_path_factory) -> Path:
         "class_names": ["cells"],
         "normalization": NORMALIZATION,
         "weightmap": {"w0": 10.0, "sigma": 5.0},
-        "postprocessing": {"threshold": 0.4, "min_size": 5, "grow": 1},
+        "instances": INSTANCES,
     }
     return save_model(folder / "cells.unet", model, description)
 
@@ -121,16 +128,11 @@ def test_size_rule_follows_depth():
     assert bio.min_input_size(UNetConfig(depth=4)) == 208  # 96 px halo on each side
 
 
-def test_instance_settings_come_from_the_description_or_the_defaults():
-    defaults = {"threshold": 0.5, "min_size": 10, "grow": 2}
-    assert bio.instance_settings({}) == defaults
-    description = {"post_processing": {"threshold": 0.3}, "training": {"min_size": 99}}
-    assert bio.instance_settings(description) == {**defaults, "threshold": 0.3}
-    assert bio.instance_settings({"grow": 0, "instances": {"min_size": 4}}) == {
-        "threshold": 0.5,
-        "min_size": 4,
-        "grow": 0,
-    }
+def test_instance_settings_are_those_the_predictor_uses():
+    from napari_unetkit.prediction import LEGACY_INSTANCE_SETTINGS
+
+    assert bio.instance_settings({"instances": INSTANCES}) == INSTANCES
+    assert bio.instance_settings({}) == LEGACY_INSTANCE_SETTINGS.to_dict()
 
 
 # ------------------------------------------------------------------------- the package
@@ -163,9 +165,8 @@ def test_package_contents(instance_package, instance_model):
     ours = rdf["config"]["napari_unetkit"]
     original = read_description(instance_model)
     assert ours["description"] == original
-    # Post-processing settings of the description replace the pipeline's defaults.
-    assert ours["instances"] == {"threshold": 0.4, "min_size": 5, "grow": 1}
-    assert "## Validation" in readme and "instances_from_probabilities" in readme
+    assert ours["instances"] == INSTANCES
+    assert "## Validation" in readme and "watershed" in readme and "seed_threshold=0.7" in readme
     # The probabilities come from this package's predictor on the raw test image.
     description = dict(original)
     model, _ = load_model(instance_model)

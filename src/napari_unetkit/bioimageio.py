@@ -23,9 +23,9 @@ spec's linear percentile interpolation, that of :func:`numpy.percentile`; its fi
 :func:`napari_unetkit.normalization.apply_percentiles`). The network ends in a softmax, so the
 output ``probabilities`` (``batch, channel, y, x``, one channel per class) needs no
 post-processing step, which every consumer runs alike. The model's whole description
-(normalisation, mode, classes, weight-map and training settings, and any post-processing
-settings) is stored under ``config.napari_unetkit.description``, with the settings of the
-instance pipeline under ``config.napari_unetkit.instances``.
+(normalisation, mode, classes, weight-map and training settings, instance settings) is stored
+under ``config.napari_unetkit.description``, with the instance settings the predictor uses
+under ``config.napari_unetkit.instances``.
 
 Reading (:func:`read_package`, used by :func:`napari_unetkit.modelfile.load_model` for every
 front end) is as safe as reading a ``.unet`` file: the zip's entries are checked (no absolute or
@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import datetime
 import hashlib
-import inspect
 import io
 import json
 import math
@@ -57,7 +56,7 @@ import torch
 import yaml
 from torch import nn
 
-from napari_unetkit import __version__, postprocess, standalone_unet
+from napari_unetkit import __version__, standalone_unet
 from napari_unetkit.io import atomic_write
 from napari_unetkit.model import UNet, UNetConfig
 from napari_unetkit.modelfile import ModelFileError, _json_default, load_model
@@ -111,9 +110,6 @@ MAX_RATIO = 200
 RATIO_CHECK_BYTES = 1024**2
 #: Slack allowed over the exact size of the weights' tensors (the torch.save container).
 WEIGHTS_SLACK_BYTES = 4 * 1024**2
-
-#: Words marking the description's nested dictionaries that may hold instance settings.
-SETTINGS_KEYS = ("post", "instance")
 
 U_NET_DOI = "10.1007/978-3-319-24574-4_28"
 PROJECT_URL = "https://github.com/napari-unetkit/napari-unetkit"
@@ -352,33 +348,34 @@ def _channel_id(name: str, index: int, used: set[str]) -> str:
 
 
 def instance_settings(description: Mapping) -> dict:
-    """Return the instance pipeline's settings: post-processing defaults, then the model's.
+    """Return the instance settings the predictor uses for this model, as a plain dictionary.
 
-    The defaults are the keyword defaults of
-    :func:`napari_unetkit.postprocess.instances_from_probabilities`; any of them the
-    description sets, at its top level or in a nested dictionary whose key contains one of
-    :data:`SETTINGS_KEYS` (e.g. ``"postprocessing"``), replaces the default.
+    These are the description's stored settings (``"instances"``, chosen on validation data
+    after training), or the legacy ones for models that store none
+    (:func:`napari_unetkit.prediction.instance_settings_of`).
     """
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(
-            postprocess.instances_from_probabilities
-        ).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-    settings = dict(defaults)
-    candidates = [description] + [
-        value
-        for key, value in description.items()
-        if isinstance(value, Mapping) and any(word in str(key).lower() for word in SETTINGS_KEYS)
+    from napari_unetkit.prediction import instance_settings_of
+
+    return instance_settings_of(description).to_dict()
+
+
+def _instance_steps(instances: Mapping) -> list[str]:
+    """Describe the instance pipeline of ``instances`` (``InstanceSettings.to_dict()``)."""
+    if instances.get("method") == "watershed":
+        return [
+            "1. foreground = probability above `threshold`; seeds = 4-connected components of "
+            "the probability above `seed_threshold` (the confident cores of the objects);",
+            "2. each seed grows by a watershed of the probability over the foreground, so "
+            "touching objects meet where the probability is lowest between them; a foreground "
+            "component without a seed becomes an object of its own;",
+            "3. objects smaller than `min_size` pixels are removed; ids are made sequential.",
+        ]
+    return [
+        "1. foreground = probability above `threshold`;",
+        "2. 4-connected components; components smaller than `min_size` pixels are removed;",
+        "3. background pixels within `grow` pixels of two different objects (the ridges) "
+        "are given to the nearest object; ids are made sequential.",
     ]
-    for key in defaults:
-        for mapping in candidates:
-            value = mapping.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                settings[key] = value
-                break
-    return settings
 
 
 def _readme(
@@ -433,12 +430,9 @@ def _readme(
             "`foreground` probability is low between touching objects. The bioimage.io "
             "description cannot express the instance post-processing; napari-unetkit obtains "
             "instances from the foreground probability as follows "
-            f"(`napari_unetkit.postprocess.instances_from_probabilities`, {settings_text}):",
+            f"(`napari_unetkit.postprocess.InstanceSettings`: {settings_text}):",
             "",
-            "1. foreground = probability above `threshold`;",
-            "2. 4-connected components; components smaller than `min_size` pixels are removed;",
-            "3. background pixels within `grow` pixels of two different objects (the ridges) "
-            "are given to the nearest object; ids are made sequential.",
+            *_instance_steps(instances),
             "",
             "Loading this package in napari-unetkit (`unetkit predict --model <package>.zip` or "
             "the napari Predict panel) runs exactly that pipeline. The settings and the whole "
