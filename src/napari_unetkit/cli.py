@@ -389,7 +389,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             test_image=test_image,
             channel_axis=args.channel_axis,
             name=args.name,
-            authors=args.author or ("napari-unetkit user",),
+            **({"authors": args.author} if args.author else {}),
             license=args.license,
             cancel=cancel,
         )
@@ -615,10 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="Write a model as a bioimage.io package (format 0.5).",
         description="Package a model for bioimage.io, deepImageJ, QuPath, ilastik and "
-        "bioimageio.core: PyTorch and TorchScript weights, percentile pre-processing, test "
-        "tensors, README. Instances need napari-unetkit (see docs/bioimageio.md).",
+        "bioimageio.core: PyTorch, TorchScript and ONNX weights, percentile pre-processing, "
+        "test tensors, README. Instances need napari-unetkit (see docs/bioimageio.md).",
     )
-    export.add_argument("--model", required=True, help="Model file (.unet).")
+    export.add_argument(
+        "--model", required=True, help="Model file (.unet or an exported .bioimageio.zip)."
+    )
     export.add_argument("--out", required=True, help="Package to write (.bioimageio.zip).")
     export.add_argument("--overwrite", action="store_true", help="Replace an existing file.")
     export.add_argument(
@@ -626,7 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--channel-axis", type=int, help="Channel axis of --test-image.")
     export.add_argument("--name", help="Model name (default: from --out).")
-    export.add_argument("--author", action="append", help="Author name (repeat for several).")
+    export.add_argument(
+        "--author",
+        action="append",
+        help="Author name (repeat for several; default 'napari-unetkit user').",
+    )
     export.add_argument("--license", default="CC-BY-4.0", help="SPDX licence (CC-BY-4.0).")
     export.set_defaults(handler=cmd_export)
 
