@@ -1,4 +1,4 @@
-"""The ``unetkit`` command: train, predict, weight maps, evaluation and the demo, from a shell.
+"""The ``unetkit`` command: train, predict, export, weight maps, evaluation and the demo.
 
 Every subcommand is a thin wrapper over the engine: it reads files, calls the same functions
 the napari widgets call and writes files atomically. Errors end in a one-line message and a
@@ -497,6 +497,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``unetkit export``: write a model as a bioimage.io package (format 0.5)."""
+    from napari_unetkit.bioimageio import PACKAGE_SUFFIX, export_package
+    from napari_unetkit.io import read_image
+
+    out = Path(args.out)
+    if not out.name.lower().endswith(".zip"):
+        out = out.with_name(out.name + PACKAGE_SUFFIX)
+    out = check_output(out, args.overwrite)
+    test_image = read_image(args.test_image) if args.test_image else None
+    with CancelOnInterrupt() as cancel:
+        path = export_package(
+            args.model,
+            out,
+            test_image=test_image,
+            channel_axis=args.channel_axis,
+            name=args.name,
+            **({"authors": args.author} if args.author else {}),
+            license=args.license,
+            cancel=cancel,
+        )
+    print(f"bioimage.io package written to {path} (check it with: bioimageio test {path}).")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``unetkit demo``: the Quick start job on built-in synthetic nuclei."""
     from napari_unetkit.demo import run_demo
@@ -694,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Predict labels of an image with a trained model.",
         description="Overlap-tile prediction of a 2D image or a stack (slice by slice).",
     )
-    predict.add_argument("--model", required=True, help="Model file (.unet).")
+    predict.add_argument(
+        "--model", required=True, help="Model file (.unet or an exported .bioimageio.zip)."
+    )
     predict.add_argument("--image", required=True, help="Image (TIFF/.npy).")
     predict.add_argument("--out", required=True, help="Labels TIFF to write.")
     predict.add_argument("--probabilities", help="Also write probabilities to this TIFF.")
@@ -741,6 +768,31 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     predict.set_defaults(handler=cmd_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="Write a model as a bioimage.io package (format 0.5).",
+        description="Package a model for bioimage.io, deepImageJ, QuPath, ilastik and "
+        "bioimageio.core: PyTorch, TorchScript and ONNX weights, percentile pre-processing, "
+        "test tensors, README. Instances need napari-unetkit (see docs/bioimageio.md).",
+    )
+    export.add_argument(
+        "--model", required=True, help="Model file (.unet or an exported .bioimageio.zip)."
+    )
+    export.add_argument("--out", required=True, help="Package to write (.bioimageio.zip).")
+    export.add_argument("--overwrite", action="store_true", help="Replace an existing file.")
+    export.add_argument(
+        "--test-image", help="Raw 2D image for the test tensors (default: synthetic nuclei)."
+    )
+    export.add_argument("--channel-axis", type=int, help="Channel axis of --test-image.")
+    export.add_argument("--name", help="Model name (default: from --out).")
+    export.add_argument(
+        "--author",
+        action="append",
+        help="Author name (repeat for several; default 'napari-unetkit user').",
+    )
+    export.add_argument("--license", default="CC-BY-4.0", help="SPDX licence (CC-BY-4.0).")
+    export.set_defaults(handler=cmd_export)
 
     demo = commands.add_parser(
         "demo",

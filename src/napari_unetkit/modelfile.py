@@ -1,5 +1,8 @@
 """The model file format (``.unet``): weights plus a JSON description, loaded safely.
 
+:func:`load_model` and :func:`read_description` also read bioimage.io packages exported by
+napari-unetkit (:mod:`napari_unetkit.bioimageio`), so every front end accepts both.
+
 A model file is a ``torch.save`` archive of one dictionary::
 
     {
@@ -287,8 +290,18 @@ def save_model(
     return path
 
 
+def _is_package(path: Path) -> bool:
+    from napari_unetkit.bioimageio import is_package
+
+    return is_package(path)
+
+
 def _read_payload(path: Path) -> tuple[dict, dict, UNetConfig]:
-    """Load and validate a model file: format, description, architecture, weight shapes."""
+    """Load and validate a model file: format, description, architecture, weight shapes.
+
+    bioimage.io packages exported by napari-unetkit (zip files with an ``rdf.yaml``) are read
+    by :func:`napari_unetkit.bioimageio.read_package` with the same guarantees.
+    """
     problem = not_a_file(path)
     if problem == "does not exist":
         raise FileNotFoundError(f"The model file {path} does not exist.")
@@ -296,6 +309,13 @@ def _read_payload(path: Path) -> tuple[dict, dict, UNetConfig]:
         raise ModelFileError(f"{path} is not a napari-unetkit model file (it {problem}).")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path} is not a napari-unetkit model file (the file is empty).")
+
+    if path.suffix.lower() == ".zip" or _is_package(path):
+        from napari_unetkit.bioimageio import read_package
+
+        description, state, config = read_package(path)
+        _check_weights(path, state, config)
+        return description, state, config
 
     def fail(reason: str) -> ModelFileError:
         return ModelFileError(f"{path} is not a napari-unetkit model file ({reason}).")

@@ -1,7 +1,9 @@
 """The "Predict with U-Net" widget: a model and an Image layer in, a new Labels layer out.
 
 The model is either the one trained in this session (:data:`napari_unetkit._napari.session.
-SESSION`) or a ``.unet`` file. Every input is checked as the user edits it; the reason Run is
+SESSION`) or a ``.unet`` file (or a bioimage.io package exported by napari-unetkit); the
+"Export to bioimage.io..." button (:mod:`~napari_unetkit._napari.export_action`) packages the
+chosen model. Every input is checked as the user edits it; the reason Run is
 disabled is written in the widget. Prediction runs in a :class:`~napari_unetkit._napari.jobs.
 JobRunner` worker; its result is always added as new layers, and a cancelled run adds nothing.
 """
@@ -36,6 +38,7 @@ from numpy.typing import ArrayLike
 from qtpy.QtWidgets import QSizePolicy
 
 from napari_unetkit import layout
+from napari_unetkit._napari.export_action import ExportAction
 from napari_unetkit._napari.jobs import Job, JobRunner, error_message
 from napari_unetkit._napari.layers import (
     METADATA_KEY,
@@ -409,6 +412,7 @@ class PredictWidget(Container):
         self._outcome: str | None = None
         self._alive = True  # False once Qt has deleted the widget (panel or viewer closed)
         self._build_fields()
+        self._export = ExportAction(self)
         remember(
             "predict",
             {
@@ -435,9 +439,10 @@ class PredictWidget(Container):
                 ("model file", FILE_SOURCE),
             ],
             value=SESSION_SOURCE if SESSION.latest is not None else FILE_SOURCE,
-            tooltip="Use the model the 'Train U-Net' widget trained last, or a saved .unet file.",
+            tooltip="Use the model the 'Train U-Net' widget trained last, or a saved .unet file "
+            "(or a bioimage.io package exported by napari-unetkit).",
         )
-        self._file = FileEdit(label="Model file", mode="r", filter="*.unet", nullable=True)
+        self._file = FileEdit(label="Model file", mode="r", filter="*.unet *.zip", nullable=True)
         self._about = TextEdit(label="About the model", value="")
         self._about.read_only = True
         self._about.native.setMaximumHeight(130)
