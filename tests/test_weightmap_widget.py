@@ -3,7 +3,7 @@ import pytest
 from napari.layers import Image
 
 from napari_unetkit.synthetic import synthetic_nuclei
-from napari_unetkit.weightmap import PRESETS, weights_and_target
+from napari_unetkit.weightmap import DEFAULT_PRESET, PRESETS, weights_and_target
 
 pytestmark = pytest.mark.gui
 
@@ -39,7 +39,7 @@ def test_widget_layer_equals_the_engine_function(make_napari_viewer, qtbot):
     run_and_wait(qtbot, widget)
     result = viewer.layers["cells weights"]
     assert isinstance(result, Image)
-    expected, target = weights_and_target(labels, settings=PRESETS["paper"])
+    expected, target = weights_and_target(labels, settings=PRESETS[DEFAULT_PRESET])
     np.testing.assert_array_equal(result.data, expected)
     np.testing.assert_array_equal(viewer.layers["cells separated"].data, target)
     assert tuple(result.scale) == (0.5, 0.5) and tuple(result.translate) == (3, 4)
@@ -61,7 +61,7 @@ def test_stack_is_computed_slice_wise(make_napari_viewer, qtbot):
     run_and_wait(qtbot, widget)
     weights = viewer.layers["stack weights"].data
     for z in range(3):
-        expected, _ = weights_and_target(labels[z], settings=PRESETS["paper"])
+        expected, _ = weights_and_target(labels[z], settings=PRESETS[DEFAULT_PRESET])
         np.testing.assert_array_equal(weights[z], expected)
 
 

@@ -27,9 +27,15 @@ from napari_unetkit._napari.layers import (
 )
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.train_inputs import MAX_SCANNED_PIXELS
-from napari_unetkit.weightmap import PRESETS, WeightMapSettings, weights_and_target
+from napari_unetkit.weightmap import (
+    CLASS_BALANCES,
+    DEFAULT_PRESET,
+    PRESETS,
+    WeightMapSettings,
+    weights_and_target,
+)
 
-CLASS_BALANCE_CHOICES = ("balanced", "none", "falk")
+CLASS_BALANCE_CHOICES = CLASS_BALANCES
 
 
 def compute_weight_map_job(labels: np.ndarray, settings: WeightMapSettings):
@@ -69,9 +75,11 @@ class WeightMapWidget(Container):
         self._preset = ComboBox(
             label="Preset",
             choices=(*PRESETS, "custom"),
-            value="paper",
-            tooltip="paper: Ronneberger et al. 2015 (w0 10, sigma 5). falk2019: the authors' "
-            "Fiji tool (ridge weight 50, sigma 6, smooth background weights).",
+            value=DEFAULT_PRESET,
+            tooltip="unetkit: what training uses by default (w0 10, sigma 5, class weights "
+            "balanced up to a ratio of 3). paper: Ronneberger et al. 2015 (w0 10, sigma 5, "
+            "fully balanced). falk2019: the authors' Fiji tool (ridge weight 50, sigma 6, "
+            "smooth background weights).",
         )
         self._w0 = FloatSpinBox(
             label="w0",
@@ -92,9 +100,11 @@ class WeightMapWidget(Container):
         self._balance = ComboBox(
             label="Class balance",
             choices=CLASS_BALANCE_CHOICES,
-            value="balanced",
-            tooltip="balanced: rarer class weighs more; none: 1 everywhere; falk: smooth "
-            "background weights as in Falk et al. 2019.",
+            value=PRESETS[DEFAULT_PRESET].class_balance,
+            tooltip="balanced: the rarer class weighs more (on sparse images much more); "
+            "bounded: the same, but never more than 3 times the other class, so the gap weight "
+            "still counts; none: 1 everywhere; falk: smooth background weights as in Falk et "
+            "al. 2019.",
         )
         self._separate = CheckBox(
             text="Separate touching cells",
@@ -180,7 +190,7 @@ class WeightMapWidget(Container):
     @property
     def settings(self) -> WeightMapSettings:
         """The weight-map settings currently shown in the widget."""
-        base = PRESETS.get(self._preset.value, PRESETS["paper"])
+        base = PRESETS.get(self._preset.value, PRESETS[DEFAULT_PRESET])
         return WeightMapSettings(
             w0=self._w0.value,
             sigma=self._sigma.value,
@@ -317,12 +327,12 @@ _MENU_JOBS: set[JobRunner] = set()
 
 
 def weight_map_of_active_layer(viewer: napari.viewer.Viewer) -> None:
-    """Layer-menu command: the paper's weight map of the selected Labels layer, in a worker."""
+    """Layer-menu command: the default weight map of the selected Labels layer, in a worker."""
     layer = viewer.layers.selection.active
     if not isinstance(layer, Labels):
         show_error("Select a Labels layer to compute its boundary weight map.")
         return
-    settings = PRESETS["paper"]
+    settings = PRESETS[DEFAULT_PRESET]
     labels = snapshot(labels_data(layer))
     runner = JobRunner("Weight map")
     _MENU_JOBS.add(runner)
