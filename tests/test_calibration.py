@@ -8,6 +8,7 @@ from napari_unetkit.calibration import (
     candidate_settings,
     median_object_area,
     pooled_f1,
+    pooled_scores,
     size_candidates,
 )
 from napari_unetkit.metrics import match_instances
@@ -145,3 +146,17 @@ def test_candidates_start_with_the_base_and_are_unique():
     assert median_object_area([ValidationMap(truth * 0.0, truth)]) == pytest.approx(
         np.median(np.bincount(truth.ravel())[1:])
     )
+
+
+def test_ties_at_iou_half_go_to_the_setting_whose_outlines_fit_best():
+    yy, xx = np.mgrid[:40, :40]
+    radius = np.hypot(yy - 20, xx - 20)
+    truth = (radius < 10).astype(np.int32)
+    prob = np.where(radius < 8, 0.95, np.where(radius < 10, 0.35, 0.02))
+    maps = [ValidationMap(prob, truth)]
+    base = InstanceSettings(threshold=0.5)
+    assert pooled_scores(maps, base)[0] == 1.0  # matched at IoU 0.64, so F1 at 0.5 ties
+    chosen, score, base_score = calibrate_instances(maps, base)
+    assert score == base_score == 1.0
+    assert chosen.threshold < 0.35  # the whole cell, not only its confident core
+    assert pooled_scores(maps, chosen)[1] > pooled_scores(maps, base)[1]

@@ -4,10 +4,11 @@ After training, the trainer hands the validation slices' foreground probabilitie
 model) and their true instances to :func:`calibrate_instances`, which tries a fixed grid of
 :class:`~napari_unetkit.postprocess.InstanceSettings` (method and levels first, then the
 smallest kept instance for the best of them) and returns the one with the highest pooled
-instance F1 at IoU 0.5. The model file stores the result, and prediction uses it unless
-the user overrides it. Where every candidate scores the same (no validation objects, or a
-trivial validation set), the defaults win: candidates are tried in a fixed order with the
-defaults first and a later one must score strictly higher.
+instance F1 at IoU 0.5; among equal ones, the one whose outlines fit best (the mean F1 over IoU
+0.5 to 0.9). The model file stores the result, and prediction uses it unless the user
+overrides it. Where every candidate scores the same on both (no validation objects), the
+defaults win: candidates are tried in a fixed order with the defaults first and a later one
+must score strictly higher.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from napari_unetkit.metrics import match_instances
+from napari_unetkit.metrics import match_sparse, overlaps
 from napari_unetkit.postprocess import InstanceSettings, instances_from_probabilities
 
 #: Foreground levels tried for the seeded watershed, and seed levels above each.
@@ -28,6 +29,9 @@ COMPONENT_THRESHOLDS = (0.5, 0.6, 0.7)
 #: Smallest kept instance as a fraction of the median validation object area (besides the
 #: default absolute size).
 MIN_SIZE_FRACTIONS = (0.1, 0.25)
+#: IoU thresholds of the tie-break score: settings with equal F1 at 0.5 are told apart by how
+#: well their outlines fit, the mean F1 over these.
+TIE_BREAK_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -74,18 +78,34 @@ def size_candidates(
     return [replace(settings, min_size=size) for size in sizes]
 
 
-def pooled_f1(maps: Sequence[ValidationMap], settings: InstanceSettings) -> float:
-    """Instance F1 at IoU 0.5 over all maps (matches pooled), with ``settings`` applied."""
-    tp = n_true = n_pred = 0
+def pooled_scores(maps: Sequence[ValidationMap], settings: InstanceSettings) -> tuple[float, float]:
+    """Return the pooled instance F1 over all maps with ``settings`` applied.
+
+    Two numbers: the F1 at IoU 0.5, and its mean over :data:`TIE_BREAK_IOUS`; both 1.0 when
+    neither truth nor prediction holds an object.
+    """
+    tp = np.zeros(len(TIE_BREAK_IOUS))
+    n_objects = 0
     for item in maps:
         pred = instances_from_probabilities(item.fg_prob, settings=settings)
         truth = item.truth
         if item.annotated is not None:
             truth = np.where(item.annotated, truth, 0)
             pred = np.where(item.annotated, pred, 0)
-        match = match_instances(truth, pred, 0.5)
-        tp, n_true, n_pred = tp + match.tp, n_true + match.n_true, n_pred + match.n_pred
-    return 2.0 * tp / (n_true + n_pred) if n_true + n_pred else 1.0
+        table = overlaps(truth, pred)
+        n_objects += table.truth_ids.size + table.pred_ids.size
+        iou = table.iou
+        for k, threshold in enumerate(TIE_BREAK_IOUS):
+            tp[k] += match_sparse(table.rows, table.cols, iou, threshold)[2].size
+    if n_objects == 0:
+        return 1.0, 1.0
+    f1 = 2.0 * tp / n_objects
+    return float(f1[0]), float(f1.mean())
+
+
+def pooled_f1(maps: Sequence[ValidationMap], settings: InstanceSettings) -> float:
+    """Instance F1 at IoU 0.5 over all maps (matches pooled), with ``settings`` applied."""
+    return pooled_scores(maps, settings)[0]
 
 
 def median_object_area(maps: Sequence[ValidationMap]) -> float | None:
@@ -123,20 +143,20 @@ def calibrate_instances(
     base = base or InstanceSettings()
     if not maps:
         return base, None, None
-    best, best_score = base, pooled_f1(maps, base)
-    base_score = best_score
+    best, best_scores = base, pooled_scores(maps, base)
+    base_score = best_scores[0]
 
     def try_all(candidates: list[InstanceSettings]) -> bool:
-        nonlocal best, best_score
+        nonlocal best, best_scores
         for candidate in candidates:
             if should_stop is not None and should_stop():
                 return False
-            score = pooled_f1(maps, candidate)
-            if score > best_score:
-                best, best_score = candidate, score
+            scores = pooled_scores(maps, candidate)
+            if scores > best_scores:  # F1 at 0.5 first, the outline fit on ties
+                best, best_scores = candidate, scores
         return True
 
     # Method and levels first, then the smallest instance size for the winner.
     if try_all(candidate_settings(base)[1:]):
         try_all(size_candidates(best, median_object_area(maps)))
-    return best, best_score, base_score
+    return best, best_scores[0], base_score
