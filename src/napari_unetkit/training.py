@@ -979,10 +979,22 @@ class _Run:
         """
         if self.config.time_limit is None or self.steps_run == 0:
             return False
-        reserve = self.step_seconds / self.steps_run
+        step = self.step_seconds / self.steps_run
+        reserve = step
         if self.s.val_slices:
-            reserve += self.validator.seconds + self.calibration_estimate()
+            validation = self.validator.seconds or self.first_validation_estimate(step)
+            reserve += validation + self.calibration_estimate()
         return self.elapsed + reserve >= self.config.time_limit
+
+    def first_validation_estimate(self, step_seconds: float) -> float:
+        """Estimate a validation's seconds before the first one has run.
+
+        The validation pixels at the speed of a training step's forward pass (about a third of
+        the step's time).
+        """
+        pixels = sum(s.shape[0] * s.shape[1] for s in self.s.val_slices)
+        per_step = self.config.batch_size * self.config.patch_size**2
+        return step_seconds / 3 * pixels / per_step
 
     def calibration_estimate(self) -> float:
         """Seconds the instance calibration at the end will take (from the last validation)."""
