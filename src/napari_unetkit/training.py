@@ -78,7 +78,7 @@ MIN_PROBABILITY = 1e-7
 #: Consecutive steps with a non-finite loss after which training is declared diverged.
 MAX_NON_FINITE_STEPS = 20
 #: Stages reported through :class:`TrainProgress`.
-STAGES = ("preparing", "training", "validating", "saving", "done")
+STAGES = ("preparing", "training", "validating", "calibrating", "saving", "done")
 #: How training ended.
 STOPPED_BY = ("epochs", "time_limit", "cancel")
 #: Most patches per step (far beyond what fits in memory with useful patch sizes).
