@@ -201,7 +201,7 @@ def train(viewer, out: Path) -> None:
     settings = widget._settings
     row = widget._pairs.rows[0]
     assert row.image.value is viewer.layers["nuclei"], row.image.value
-    assert row.labels.value is viewer.layers["nuclei labels"], row.labels.value
+    assert row.labels_choice.value is viewer.layers["nuclei labels"], row.labels_choice.value
     settings.size.value = MODEL_SIZE
     settings.train_for.value = "epochs"
     settings.epochs.value = EPOCHS
@@ -278,7 +278,7 @@ def sparse(viewer, out: Path) -> None:
     widget = dock(viewer, "Train U-Net")
     row = widget._pairs.rows[0]
     row.image.value = viewer.layers["nuclei"]
-    row.labels.value = viewer.layers["nuclei labels"]
+    row.labels_choice.value = viewer.layers["nuclei labels"]
     row.region.value = viewer.layers["annotated region"]
     wait(200)
     assert widget._start.enabled, widget._message.value

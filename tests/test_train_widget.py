@@ -57,6 +57,11 @@ def start(widget):
     return worker
 
 
+def shown(field) -> bool:
+    """Whether a field is shown (in a viewer that is not on screen itself)."""
+    return not field.native.isHidden()
+
+
 def wait(qtbot, worker, timeout=TRAINING_TIMEOUT_MS):
     with qtbot.waitSignal(worker.finished, timeout=timeout):
         pass
@@ -77,7 +82,7 @@ def test_docks_with_the_engine_defaults(make_napari_viewer, nuclei):
     assert not settings.advanced.visible
     assert settings.device_info.value.startswith("CPU")
     assert settings.path.value.name == "nuclei.unet"
-    assert widget._pairs.rows[0].labels.value is viewer.layers["nuclei labels"]
+    assert widget._pairs.rows[0].labels_choice.value is viewer.layers["nuclei labels"]
     assert widget._start.enabled, widget._message.value
 
 
@@ -89,12 +94,12 @@ def test_validation_follows_the_users_choices(make_napari_viewer, nuclei, tmp_pa
     widget = dock(viewer)
     row = widget._pairs.rows[0]
     widget._settings.path.value = tmp_path / "m.unet"
-    assert row.labels.value is small
+    assert row.labels_choice.value is small
     assert not widget._start.enabled
     assert "shape (64, 64)" in widget._message.value
 
     good = viewer.add_labels(np.zeros_like(labels), name="good")  # reset_choices runs
-    row.labels.value = good
+    row.labels_choice.value = good
     assert not widget._start.enabled and "empty" in widget._message.value
     good.data = labels
     assert widget._start.enabled, widget._message.value
@@ -121,9 +126,9 @@ def test_validation_follows_the_users_choices(make_napari_viewer, nuclei, tmp_pa
     assert widget._start.enabled
 
     second = widget._pairs.add_row()
-    assert second.labels.value is small  # a layer that pair 1 does not use
+    assert second.labels_choice.value is small  # a layer that pair 1 does not use
     assert not widget._start.enabled and widget._message.value.startswith("Pair 2")
-    second.labels.value = good
+    second.labels_choice.value = good
     assert not widget._start.enabled and "repeats pair 1" in widget._message.value
     widget._pairs.remove_row(second)
     assert widget._start.enabled
@@ -169,6 +174,12 @@ def test_training_through_the_widget(make_napari_viewer, qtbot, nuclei, tmp_path
     assert np.isfinite(widget._plot.train_loss).all() and np.isfinite(widget._plot.score).all()
     assert "Trained 2 epochs" in widget._summary.value
     assert "validation F1" in widget._summary.value and str(saved) in widget._summary.value
+    assert widget._status.value == "Finished: all 2 epochs are done."
+    # Two tiny epochs may not find any held-out nucleus yet: such a model waits for the user.
+    zero = description["metrics"]["best_validation_score"] == 0
+    assert shown(widget._use_anyway) == zero
+    if zero:
+        widget._use_anyway.native.click()
     assert SESSION.latest is not None and SESSION.latest.path == saved
     assert SESSION.latest.description["metrics"] == description["metrics"]
     assert widget._progress.value == widget._progress.max
@@ -189,8 +200,11 @@ def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, nuclei, tmp_path):
     wait(qtbot, worker)
     _, description = load_model(tmp_path / "stopped.unet")
     assert description["stopped_by"] == "cancel"
+    assert widget._status.value == "Stopped by you."
+    if description["metrics"]["best_validation_score"] == 0:
+        widget._use_anyway.native.click()  # held back until the user chooses it
     assert SESSION.latest.description["stopped_by"] == "cancel"
-    assert "stopped by you" in widget._summary.value
+    assert "you stopped it" in widget._summary.value
 
 
 def test_painting_during_training_does_not_change_the_run(

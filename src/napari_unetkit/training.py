@@ -203,6 +203,10 @@ class TrainConfig:
     class_names : list of str or None
         Names of the network's classes; default ``["background", "cell"]`` (instances) or
         ``["class 1", ...]`` (classes).
+    data_name : str or None
+        Name of the training data (the napari panel gives its first image layer's name),
+        stored in the model description so that people can tell models apart; it does not
+        change training.
     """
 
     mode: str = "instances"
@@ -238,6 +242,7 @@ class TrainConfig:
     channels: list[int] | None = None
     normalization: NormalizationSettings = field(default_factory=NormalizationSettings)
     class_names: list[str] | None = None
+    data_name: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -280,6 +285,8 @@ class TrainConfig:
         _positive_int(self.threads, "threads", allow_none=True)
         if self.channels is not None:
             layout.check_channel_choice(self.channels, max(self.channels, default=0) + 1)
+        if self.data_name is not None and not isinstance(self.data_name, str):
+            raise ValueError(f"data_name must be a string or None, got {self.data_name!r}.")
         self.weightmap_settings()  # raises for an unknown preset
         if self.augmentation is not None and not isinstance(
             self.augmentation, AugmentationSettings

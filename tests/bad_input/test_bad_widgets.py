@@ -87,7 +87,7 @@ def test_train_widget_explains_unusable_inputs(make_napari_viewer, tmp_path, mon
     widget = dock(viewer, "Train U-Net")
     row = widget._pairs.rows[0]
     tiny_settings(widget, tmp_path / "models" / "m.unet")
-    row.image.value, row.labels.value = mask, layer
+    row.image.value, row.labels_choice.value = mask, layer
     assert not widget._start.enabled
     assert "'mask': The image is boolean (a mask)" in widget._message.value
 
@@ -131,7 +131,7 @@ def test_train_widget_reports_failures_and_recovers(
     tiny_settings(widget, tmp_path / "models" / "m.unet")
     for name, (data, message) in cases.items():
         row.image.value = viewer.add_image(data, name=name)
-        row.labels.value = layer
+        row.labels_choice.value = layer
         train_and_wait(qtbot, widget)
         assert widget._status.value.startswith(message) and _quiet[-1].startswith(message)
         assert widget._start.enabled and widget._start.text == "Start training"

@@ -7,7 +7,9 @@ from napari.layers import Image, Labels, Layer, Shapes
 
 from napari_unetkit.normalization import check_image_dtype
 
-#: Key under which our result layers carry their provenance in ``layer.metadata``.
+#: Key under which our result layers carry their provenance in ``layer.metadata``: every layer
+#: this plugin adds (prediction, probability, preview, weight map, separated target) has it,
+#: with the kind of result as its value. Layers without it were made by the user.
 METADATA_KEY = "napari_unetkit"
 
 
@@ -36,8 +38,8 @@ def image_dtype_problem(layer: Image) -> str | None:
     return None
 
 
-def labels_data(layer: Labels):
-    """Return the full-resolution data of a Labels layer (not copied)."""
+def labels_data(layer: Labels | Image):
+    """Return the full-resolution data of a Labels layer (or an Image used as labels), uncopied."""
     return layer.data[0] if layer.multiscale else layer.data
 
 
@@ -91,6 +93,22 @@ def unique_name(viewer, base: str) -> str:
     while f"{base} [{number}]" in names:
         number += 1
     return f"{base} [{number}]"
+
+
+def made_by_plugin(layer: Layer) -> bool:
+    """Whether this plugin added ``layer`` as a result (see :data:`METADATA_KEY`)."""
+    return METADATA_KEY in layer.metadata
+
+
+def integer_image(layer: Layer) -> bool:
+    """Whether ``layer`` is a single-channel Image layer of whole numbers (e.g. an opened mask).
+
+    Such a layer can serve as labels: masks opened with File > Open often become Image layers.
+    """
+    if not isinstance(layer, Image) or layer.rgb:
+        return False
+    data, _ = image_data(layer)
+    return np.issubdtype(data.dtype, np.integer)
 
 
 def own_layer(viewer, name: str, kind: str) -> Layer | None:

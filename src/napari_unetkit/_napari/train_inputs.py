@@ -18,14 +18,24 @@ from napari_unetkit import layout
 from napari_unetkit._napari.layers import (
     image_data,
     image_dtype_problem,
+    integer_image,
     labels_data,
+    made_by_plugin,
+    placement,
     region_mask,
     snapshot,
+    unique_name,
 )
 from napari_unetkit.data import MAX_CLASSES
 
 #: Labels layers larger than this (or not in memory) are not scanned while the user edits.
 MAX_SCANNED_PIXELS = 50_000_000
+#: Objects are counted for the summary before Start only up to this many labelled pixels.
+MAX_COUNTED_PIXELS = 20_000_000
+#: How an Image layer offered as labels is marked in the Labels list.
+IMAGE_AS_LABELS = " (image, used as labels)"
+#: Image layers whose name contains one of these are picked as labels without being asked.
+MASK_WORDS = ("label", "mask", "annot", "ground", "truth", "gt", "seg")
 
 
 @dataclass
@@ -51,10 +61,35 @@ class TrainingPairs:
 
 
 def _layers(viewer: napari.viewer.Viewer, kinds: tuple[type, ...]) -> Callable:
+    """Choices of the layers of ``kinds``: the user's own first, this plugin's results last."""
+
     def choices(_widget: object) -> list[tuple[str, Layer]]:
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kinds)]
+        found = [layer for layer in viewer.layers if isinstance(layer, kinds)]
+        found.sort(key=made_by_plugin)  # stable: the viewer's order within each group
+        return [(layer.name, layer) for layer in found]
 
     return choices
+
+
+def _labels_layers(viewer: napari.viewer.Viewer) -> Callable:
+    """Choices of the Labels list: Labels layers, then integer Image layers (marked as such)."""
+    labels = _layers(viewer, (Labels,))
+
+    def choices(widget: object) -> list[tuple[str, Layer]]:
+        images = [
+            (layer.name + IMAGE_AS_LABELS, layer)
+            for layer in viewer.layers
+            if integer_image(layer) and not made_by_plugin(layer)
+        ]
+        return labels(widget) + images
+
+    return choices
+
+
+def looks_like_mask(name: str) -> bool:
+    """Whether a layer name says it holds annotations (``"cells_masks"``, ``"labels 2"``)."""
+    lowered = name.lower()
+    return any(word in lowered for word in MASK_WORDS)
 
 
 def _scannable(data: object) -> bool:
@@ -112,12 +147,15 @@ class PairRow(Container):
             choices=_layers(viewer, (Image,)),
             tooltip="The microscopy image (2D, a stack of 2D slices, or RGB).",
         )
-        self.labels = ComboBox(
+        # Not "labels": that attribute of a Container switches its captions on and off.
+        self.labels_choice = ComboBox(
             label="Labels",
-            choices=_layers(viewer, (Labels,)),
+            choices=_labels_layers(viewer),
+            nullable=True,
+            value=None,
             tooltip="Your annotation, same size as the image. Instances mode: each cell painted "
             "with its own number, 0 = background. Classes mode: 1, 2, ... = classes, 0 = not "
-            "annotated.",
+            "annotated. Masks opened from a file as an Image layer are listed too.",
         )
         self.region = ComboBox(
             label="Annotated region",
@@ -130,66 +168,160 @@ class PairRow(Container):
         )
         self.remove_button = PushButton(text="Remove", visible=removable)
         self.remove_button.tooltip = "Remove this pair from the training data."
+        self.pad_button = PushButton(text="Add empty frames", visible=False)
+        self.pad_button.tooltip = (
+            "The labels hold fewer frames than the image: add a copy of them as a new Labels "
+            "layer, with empty (not annotated) frames after the ones you have."
+        )
         header = Container(layout="horizontal", labels=False, widgets=[self.title])
         header.margins = (0, 0, 0, 0)
         if removable:
             header.append(self.remove_button)
-        self.extend([header, self.image, self.labels, self.region])
+        self.extend([header, self.image, self.labels_choice, self.pad_button, self.region])
+        self._viewer = viewer
         self.image.changed.connect(self._match_labels)
+        self.pad_button.changed.connect(self.add_empty_frames)
 
     def _match_labels(self, *_: object) -> None:
-        """After an image is chosen, pick a Labels layer of the right shape if needed.
+        """After an image is chosen, pick labels of the right shape if the current ones do not fit.
 
-        Among the fitting layers, one named like the image (``"<image> labels"``) comes first.
+        See :meth:`pick_labels` for which layers are picked.
         """
         image = self.image.value
-        current = self.labels.value
+        current = self.labels_choice.value
         if image is None or (current is not None and _shape_problem(image, current) is None):
             return
-        fitting = [
+        picked = self.pick_labels(set(), fitting_only=True)
+        if picked is not None:
+            self.labels_choice.value = picked
+
+    def pick_labels(self, used: set, fitting_only: bool = False) -> Layer | None:
+        """Return the labels to choose by default, or ``None`` if no layer should be chosen.
+
+        Only layers the user made are picked, never a result of this plugin (a prediction or
+        a preview): first a Labels layer of the image's shape (one named like the image,
+        ``"<image> labels"``, first), then an integer Image layer of that shape whose name says
+        it is a mask, then (unless ``fitting_only``) any other Labels layer, whose shape the
+        checks will then explain. Layers in ``used`` (by other pairs) are avoided.
+        """
+        image = self.image.value
+        candidates = [
             layer
-            for layer in self.labels.choices
-            if layer is not None and _shape_problem(image, layer) is None
+            for layer in self.labels_choice.choices
+            if layer is not None
+            and layer is not image
+            and layer not in used
+            and not made_by_plugin(layer)
+            and (isinstance(layer, Labels) or looks_like_mask(layer.name))
         ]
-        fitting.sort(key=lambda layer: not layer.name.startswith(image.name))
-        if fitting:
-            self.labels.value = fitting[0]
+        if image is not None:
+            fitting = [layer for layer in candidates if _shape_problem(image, layer) is None]
+            fitting.sort(
+                key=lambda layer: (
+                    not isinstance(layer, Labels),
+                    not layer.name.startswith(image.name),
+                )
+            )
+            if fitting:
+                return fitting[0]
+        if fitting_only:
+            return None
+        return next((layer for layer in candidates if isinstance(layer, Labels)), None)
+
+    def missing_frames(self) -> int:
+        """How many frames the chosen labels lack to match the image (0 when that is not so)."""
+        image, labels = self.image.value, self.labels_choice.value
+        if image is None or labels is None:
+            return 0
+        data, channel_axis = image_data(image)
+        expected = layout.labels_shape(tuple(data.shape), channel_axis)
+        return missing_frames(expected, tuple(labels_data(labels).shape))
+
+    def update_pad_button(self) -> None:
+        """Show "Add empty frames" only when the labels lack frames at the end."""
+        self.pad_button.visible = self.missing_frames() > 0
+
+    def add_empty_frames(self, *_: object) -> Layer | None:
+        """Add the chosen labels, followed by empty frames, as a new Labels layer and choose it.
+
+        The chosen layer itself is not changed. Returns the new layer (``None`` if the labels
+        do not lack frames).
+        """
+        missing = self.missing_frames()
+        labels = self.labels_choice.value
+        if missing == 0:
+            return None
+        data = np.asarray(labels_data(labels))
+        padded = np.concatenate([data, np.zeros((missing, *data.shape[1:]), data.dtype)])
+        layer = self._viewer.add_labels(
+            padded,
+            name=unique_name(self._viewer, f"{labels.name} ({len(padded)} frames)"),
+            **placement(labels),
+        )
+        self.labels_choice.reset_choices()
+        self.labels_choice.value = layer
+        return layer
 
     def prefer_unused(self, used_images: set, used_labels: set) -> None:
         """Choose layers that no other row uses yet, where there are such layers."""
-        for combo, used in ((self.image, used_images), (self.labels, used_labels)):
-            free = [layer for layer in combo.choices if layer is not None and layer not in used]
-            if free and combo.value in used:
-                combo.value = free[0]
+        free = [
+            layer
+            for layer in self.image.choices
+            if layer is not None and layer not in used_images and not made_by_plugin(layer)
+        ]
+        if free and self.image.value in used_images:
+            self.image.value = free[0]
+        current = self.labels_choice.value
+        if current is None or current in used_labels:
+            self.labels_choice.value = self.pick_labels(used_labels)
 
     def problem(self, number: int, mode: str) -> str | None:
         """Return why this pair cannot be trained on (``None`` if it can)."""
-        return pair_problem(number, self.image.value, self.labels.value, self.region.value, mode)
+        return pair_problem(
+            number, self.image.value, self.labels_choice.value, self.region.value, mode
+        )
 
     def take_snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int | None]:
         """Copy the pair's data: image, labels, region mask (or None) and channel axis."""
         data, channel_axis = image_data(self.image.value)
-        labels = snapshot(labels_data(self.labels.value))
+        labels = snapshot(labels_data(self.labels_choice.value))
         region = region_mask(self.region.value, labels.shape)
         return snapshot(data), labels, region, channel_axis
 
 
-def _shape_problem(image: Image, labels: Labels) -> str | None:
+def _shape_problem(image: Image, labels: Layer) -> str | None:
     data, channel_axis = image_data(image)
     spatial = data.ndim - (channel_axis is not None)
     if spatial < 2:
         return f"{image.name!r} must be 2D or a stack of 2D slices."
     expected = layout.labels_shape(tuple(data.shape), channel_axis)
     found = tuple(labels_data(labels).shape)
-    if found != expected:
+    if found == expected:
+        return None
+    if missing_frames(expected, found):
         return (
-            f"{labels.name!r} has shape {found}, but {image.name!r} needs labels of shape "
-            f"{expected}."
+            f"{labels.name!r} has {found[0]} frames but {image.name!r} has {expected[0]}: the "
+            "labels need one frame per image frame, with 0 on the frames you did not annotate. "
+            f"If they are the first {found[0]} frames, click 'Add empty frames' to add a copy "
+            f"of {labels.name!r} with {expected[0] - found[0]} empty frames after them; "
+            f"otherwise paint in a new Labels layer of shape {expected}."
         )
-    return None
+    return (
+        f"{labels.name!r} has shape {found}, but {image.name!r} needs labels of shape {expected}."
+    )
 
 
-def _region_problem(region: Layer, labels: Labels) -> str | None:
+def missing_frames(expected: tuple[int, ...], found: tuple[int, ...]) -> int:
+    """Return how many frames labels of shape ``found`` lack to match ``expected`` (0: not that).
+
+    Only a shortfall on the first axis counts (a stack holding only the annotated frames).
+    """
+    if len(found) != len(expected) or len(found) < 3 or found[1:] != expected[1:]:
+        return 0
+    return max(expected[0] - found[0], 0)
+
+
+def _region_problem(region: Layer, labels: Layer) -> str | None:
     if region is labels:
         return "the annotated region must be another layer than the labels."
     shape = tuple(labels_data(labels).shape)
@@ -207,7 +339,7 @@ def _region_problem(region: Layer, labels: Labels) -> str | None:
     return f"{region.name!r} cannot mark a region: use a Shapes or a Labels layer."
 
 
-def _content_problem(labels: Labels, has_region: bool, mode: str) -> str | None:
+def _content_problem(labels: Layer, has_region: bool, mode: str) -> str | None:
     data = labels_data(labels)
     if not np.issubdtype(data.dtype, np.integer):
         return f"{labels.name!r} holds {data.dtype} values; labels must be whole numbers."
@@ -246,8 +378,18 @@ def pair_problem(
     prefix = f"Pair {number}: "
     if not isinstance(image, Image):
         return prefix + "choose an Image layer (or open File > Open Sample > U-Net Kit)."
-    if not isinstance(labels, Labels):
-        return prefix + f"choose a Labels layer (add one and paint some {_what(mode)})."
+    if labels is None:
+        return prefix + (
+            f"choose a Labels layer (add one and paint some {_what(mode)}). A mask opened as "
+            "an Image layer is listed if it holds whole numbers; otherwise convert it with "
+            "Layers > Convert to Labels."
+        )
+    if labels is image:
+        return prefix + "the labels must be another layer than the image."
+    if not isinstance(labels, Labels) and not integer_image(labels):
+        return prefix + (
+            f"{labels.name!r} is not a Labels layer: convert it with Layers > Convert to Labels."
+        )
     problem = image_dtype_problem(image) or _shape_problem(image, labels)
     if problem is None and region is not None:
         problem = _region_problem(region, labels)
@@ -281,6 +423,53 @@ def pairs_problem(images: Sequence[Image], labels: Sequence[Labels], mode: str) 
             "like instance labels; use instances mode."
         )
     return None
+
+
+def annotation_counts(
+    labels: np.ndarray, region: np.ndarray | None, mode: str
+) -> tuple[int, int, int]:
+    """Count what training will learn from in one labels array.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Labels ``(..., Y, X)``; leading axes are frames.
+    region : numpy.ndarray or None
+        Boolean annotated region of the same shape (``None``: the whole image).
+    mode : {"instances", "classes"}
+        What the labels mean.
+
+    Returns
+    -------
+    tuple of int
+        Frames; annotated frames (with a label, or with an annotated region in instances
+        mode: those training uses); then instances mode: objects, counted per frame (an id
+        in two frames counts twice); classes mode: painted pixels inside the region.
+    """
+    frames = labels.reshape(-1, *labels.shape[-2:])
+    regions = None if region is None else region.reshape(frames.shape)
+    annotated, amount = 0, 0
+    for index, frame in enumerate(frames):
+        inside = None if regions is None else regions[index]
+        if mode == "instances":
+            used = frame.any() if inside is None else inside.any()
+            amount += _distinct_ids(frame) if used else 0
+        else:
+            painted = frame > 0 if inside is None else (frame > 0) & inside
+            used = painted.any()
+            amount += int(np.count_nonzero(painted))
+        annotated += bool(used)
+    return len(frames), annotated, amount
+
+
+def _distinct_ids(frame: np.ndarray) -> int:
+    """Return the number of distinct positive labels in one frame."""
+    positive = frame[frame > 0]
+    if positive.size == 0:
+        return 0
+    if positive.max() < 4 * frame.size:
+        return int(np.count_nonzero(np.bincount(positive.astype(np.int64, copy=False))))
+    return int(np.unique(positive).size)
 
 
 def image_channels(image: Image) -> int:
@@ -319,7 +508,8 @@ class PairList(Container):
         row.reset_choices()
         row.region.value = None
         row.prefer_unused(
-            {other.image.value for other in self.rows}, {other.labels.value for other in self.rows}
+            {other.image.value for other in self.rows},
+            {other.labels_choice.value for other in self.rows},
         )
         self.insert(len(self.rows), row)
         self.rows.append(row)
@@ -351,13 +541,24 @@ class PairList(Container):
     def _follow_layers(self, *_: object) -> None:
         for row in self.rows:
             labels_watch, region_watch = self._watches[id(row)]
-            labels_watch.follow(row.labels.value)
+            labels_watch.follow(row.labels_choice.value)
             region_watch.follow(row.region.value)
+            row.update_pad_button()
         self._on_change()
 
     def reset_choices(self, *_: object) -> None:
-        """Refresh every row's layer lists (napari calls this when layers change)."""
+        """Refresh every row's layer lists (napari calls this when layers change).
+
+        A row without labels (none existed, or its layer was removed) gets the best layer the
+        user made, if there is one now (see :meth:`PairRow.pick_labels`).
+        """
         super().reset_choices()
+        for row in self.rows:
+            if row.labels_choice.value is None:
+                used = {other.labels_choice.value for other in self.rows if other is not row}
+                picked = row.pick_labels(used)
+                if picked is not None:
+                    row.labels_choice.value = picked
         self._follow_layers()
 
     def problem(self, mode: str) -> str | None:
@@ -367,13 +568,43 @@ class PairList(Container):
             problem = row.problem(number, mode)
             if problem is not None:
                 return problem
-            key = (id(row.image.value), id(row.labels.value))
+            key = (id(row.image.value), id(row.labels_choice.value))
             if key in seen:
                 return f"Pair {number} repeats pair {seen[key]}: choose other layers or remove it."
             seen[key] = number
         images = [row.image.value for row in self.rows]
-        labels = [row.labels.value for row in self.rows]
+        labels = [row.labels_choice.value for row in self.rows]
         return pairs_problem(images, labels, mode)
+
+    def summary(self, mode: str) -> str:
+        """Say in one line what training will use, e.g. ``"10 of 20 frames annotated ..."``.
+
+        Call it only when :meth:`problem` finds none. Frames without any annotation (no label,
+        and no annotated region) are skipped by training; objects are counted per frame
+        (instances mode) and painted pixels summed (classes mode), for labels up to
+        :data:`MAX_COUNTED_PIXELS` pixels in all (larger ones are not counted here).
+        """
+        pairs = len(self.rows)
+        text = f"Training data: {pairs} pair{'s' if pairs != 1 else ''}"
+        arrays = [labels_data(row.labels_choice.value) for row in self.rows]
+        if not all(_scannable(a) for a in arrays) or sum(a.size for a in arrays) > (
+            MAX_COUNTED_PIXELS
+        ):
+            return text + "."
+        counts = np.zeros(3, dtype=np.int64)  # frames, annotated frames, objects or pixels
+        for row, array in zip(self.rows, arrays, strict=True):
+            try:
+                region = region_mask(row.region.value, array.shape)
+            except ValueError:
+                region = None
+            counts += annotation_counts(array, region, mode)
+        frames, annotated, amount = (int(n) for n in counts)
+        if frames > pairs:
+            text += f"; {annotated} of {frames} frames annotated"
+            if annotated < frames:
+                text += " (empty frames are skipped)"
+        what = "object" if mode == "instances" else "painted pixel"
+        return text + f"; {amount:,} {what}{'s' if amount != 1 else ''}."
 
     def first_image(self) -> Image | None:
         """Return the image of the first pair (it names the model and is previewed)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import napari.viewer
@@ -52,11 +53,18 @@ START_TEXT, STOP_TEXT, STOPPING_TEXT = "Start training", "Stop", "Stopping…"
 PROGRESS_STEPS = 1000
 #: Shortest time between two GUI updates for the (frequent) per-step events, in seconds.
 STEP_UPDATE_INTERVAL = 0.2
-#: Why training ended, in words.
-STOP_REASONS = {
-    "epochs": "all epochs done",
-    "time_limit": "time limit reached",
-    "cancel": "stopped by you",
+#: Explains the validation score under the plot (instances mode: F1; classes mode: IoU).
+SCORE_NOTES = {
+    "instances": (
+        "Validation F1 (0 to 1): the share of annotated objects the model finds, each "
+        "overlapping its annotation by at least half (IoU 0.5), measured on data held out from "
+        "training (whole frames, or a band at the edge of a single image). It often stays at 0 "
+        "for the first epochs, until touching objects come out separated."
+    ),
+    "classes": (
+        "Validation IoU (0 to 1): how well the painted classes are predicted (intersection "
+        "over union, averaged over the classes), measured on data held out from training."
+    ),
 }
 
 
@@ -86,8 +94,10 @@ def status_text(event: TrainProgress, metric: str) -> str:
     """
     if event.stage == "preparing":
         return f"Preparing the data ({event.message})…" if event.message else "Preparing…"
-    if event.stage in ("calibrating", "saving", "done"):
-        return event.message[:1].upper() + event.message[1:] if event.message else event.stage
+    if event.stage == "done":
+        return "Finishing…"  # the widget then says why training ended, from the result
+    if event.stage in ("calibrating", "saving"):
+        return event.message[:1].upper() + event.message[1:] if event.message else "Saving…"
     epochs = f"/{event.n_epochs}" if event.n_epochs else ""
     parts = [f"Epoch {event.epoch}{epochs}"]
     if event.stage == "validating":
@@ -127,22 +137,85 @@ def progress_position(event: TrainProgress, config: TrainConfig) -> tuple[int, i
     return min(max(done, 0), total), total
 
 
-def summary_text(result: TrainResult, mode: str) -> str:
-    """Describe a finished run: epochs, time, why it ended, best score, where it was saved."""
+def time_limit_text(seconds: float | None) -> str:
+    """Format a time limit for a sentence: ``"5 min"``, ``"1 h 30 min"``, ``"2:30"``."""
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    whole = round(seconds)
+    if whole % 60:
+        return duration(whole)
+    hours, minutes = divmod(whole // 60, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
+
+
+def stop_reason(stopped_by: str, config: TrainConfig | None, closed: bool = False) -> str:
+    """Say why training ended, in the words of a sentence ("the time limit of 5 min ...").
+
+    Parameters
+    ----------
+    stopped_by : {"epochs", "time_limit", "cancel"}
+        The trainer's reason.
+    config : TrainConfig or None
+        The run's settings (for the number of epochs and the time limit).
+    closed : bool
+        Whether a cancel came from closing the panel rather than from Stop.
+    """
+    if stopped_by == "epochs":
+        epochs = config.epochs if config is not None else None
+        return f"all {epochs} epochs are done" if epochs else "all epochs are done"
+    if stopped_by == "time_limit":
+        limit = config.time_limit if config is not None else None
+        return f"the time limit of {time_limit_text(limit)} was reached"
+    if stopped_by == "cancel":
+        return "the Train U-Net panel was closed" if closed else "you stopped it"
+    return "training ended"
+
+
+def end_status(result: TrainResult, config: TrainConfig | None, closed: bool = False) -> str:
+    """Return the status line after a run: ``"Finished: ..."`` or ``"Stopped: ..."``."""
+    if result.stopped_by == "epochs":
+        return f"Finished: {stop_reason(result.stopped_by, config)}."
+    if result.stopped_by == "cancel" and not closed:
+        return "Stopped by you."
+    return f"Stopped: {stop_reason(result.stopped_by, config, closed)}."
+
+
+def zero_score(result: TrainResult) -> bool:
+    """Whether a run was validated but its best model scored 0 (it found nothing held out)."""
+    return result.best_score is not None and result.best_score <= 0
+
+
+def summary_text(result: TrainResult, mode: str, config: TrainConfig | None = None) -> str:
+    """Describe a finished run: epochs, time, why it ended, best score, where it was saved.
+
+    A model whose best validation score is 0 is not handed to the Predict panel
+    automatically (see :func:`zero_score`); the summary then says so.
+    """
     lines = [
         f"Trained {result.epochs_run} epoch{'s' if result.epochs_run != 1 else ''} in "
-        f"{duration(result.elapsed)} ({STOP_REASONS.get(result.stopped_by, result.stopped_by)})."
+        f"{duration(result.elapsed)}; it ended because {stop_reason(result.stopped_by, config)}."
     ]
     if result.best_score is not None:
+        held_out = result.description.get("data", {}).get("n_validation_slices")
+        on = f", on {held_out} held-out slice{'s' if held_out != 1 else ''}" if held_out else ""
         lines.append(
             f"Best validation {metric_name(mode)}: {result.best_score:.3f} "
-            f"(epoch {result.best_epoch})."
+            f"(epoch {result.best_epoch}{on})."
         )
     else:
         lines.append("No validation data: the last epoch's model was kept.")
     if result.model_path is not None:
         lines.append(f"Saved to {result.model_path}")
-    lines.append("The Predict widget now uses this model.")
+    if zero_score(result):
+        lines.append(
+            f"Its validation {metric_name(mode)} is 0: it did not find the held-out "
+            f"{'objects' if mode == 'instances' else 'classes'} yet, so the Predict panel "
+            "keeps its model. Train longer (or annotate more), or use this one anyway."
+        )
+    else:
+        lines.append("The Predict panel now uses this model.")
     return "\n".join(lines)
 
 
@@ -245,6 +318,8 @@ class TrainWidget(Container):
         self._previewed: tuple[int, ...] | None = None
         self._last_step_update = 0.0
         self._outcome = ""  # "result" or "error" once the run has ended that way
+        self._closed_while_running = False
+        self._unused_result: TrainResult | None = None  # a model not handed over (score 0)
         self._make_widgets()
         self._connect()
         remember("train", self._remembered_fields())
@@ -278,7 +353,13 @@ class TrainWidget(Container):
         self._status = _wrapping_label(lines=3)
         theme = get_theme(self._viewer.theme)
         self._plot = LossPlot(theme.background.as_hex(), theme.text.as_hex())
+        self._score_note = _wrapping_label()
+        self._score_note.native.setStyleSheet("font-size: small;")
         self._summary = _wrapping_label()
+        self._use_anyway = PushButton(text="Use this model for prediction anyway", visible=False)
+        self._use_anyway.tooltip = (
+            "Hand this model to the Predict panel although its validation score is 0."
+        )
         preview_row = Container(
             layout="horizontal",
             labels=False,
@@ -302,7 +383,9 @@ class TrainWidget(Container):
                 self._progress,
                 self._status,
                 self._plot,
+                self._score_note,
                 self._summary,
+                self._use_anyway,
             ],
         )
         self.append(body)  # a magicgui child, so that napari's reset_choices reaches the pairs
@@ -325,6 +408,7 @@ class TrainWidget(Container):
         self._settings.changed.connect(self._validate)
         self._pairs.rows[0].image.changed.connect(self._suggest_file_name)
         self._start.changed.connect(self._start_or_stop)
+        self._use_anyway.changed.connect(self._hand_over_unused)
         for field in (self._preview, self._preview_every):
             field.changed.connect(self._update_request)
         self._viewer.dims.events.current_step.connect(self._follow_slice)
@@ -345,6 +429,7 @@ class TrainWidget(Container):
 
     def _stop_if_running(self) -> None:
         if self._alive and self._runner.running:
+            self._closed_while_running = True
             self.stop()
 
     def _remembered_fields(self) -> dict:
@@ -359,6 +444,7 @@ class TrainWidget(Container):
         self._settings.show_weight_fields(instances)
         if not self._runner.running:
             self._plot.reset(f"validation {metric_name(self._mode.value)}")
+        self._score_note.value = SCORE_NOTES[self._mode.value]
         self._validate()
 
     def _suggest_file_name(self, *_: object) -> None:
@@ -397,7 +483,11 @@ class TrainWidget(Container):
             return False  # inputs are locked while training: nothing to re-check
         problem = self._problem()
         self._start.enabled = problem is None
-        self._message.value = problem or self._note()
+        if problem is None:
+            lines = (self._pairs.summary(self._mode.value), self._note())
+            self._message.value = "\n".join(line for line in lines if line)
+        else:
+            self._message.value = problem
         return problem is None
 
     # -- start / stop ------------------------------------------------------------------------
@@ -420,7 +510,7 @@ class TrainWidget(Container):
         mode = self._mode.value
         try:
             data = self._pairs.take_snapshot()
-            config = self._settings.config(mode, data.channel_axis)
+            config = replace(self._settings.config(mode, data.channel_axis), data_name=data.name)
             out = self._settings.model_path()
         except (ValueError, OSError) as error:
             self._message.value = str(error)
@@ -428,6 +518,9 @@ class TrainWidget(Container):
         self._config = config
         self._last_step_update = 0.0
         self._outcome = ""
+        self._closed_while_running = False
+        self._unused_result = None
+        self._use_anyway.visible = False
         self._prepare_preview(data.name)
         self._plot.reset(f"validation {metric_name(mode)}")
         self._summary.value = ""
@@ -559,12 +652,30 @@ class TrainWidget(Container):
         self._outcome = "result"
         if not self._alive or result is None:
             return
-        self._summary.value = summary_text(result, self._config.mode)
+        closed = self._closed_while_running
+        self._status.value = end_status(result, self._config, closed)
+        self._summary.value = summary_text(result, self._config.mode, self._config)
         self._show_progress(PROGRESS_STEPS)
-        description = result.description
-        SESSION.publish(TrainedModel(result.model, description, result.model_path))
+        if zero_score(result):
+            self._unused_result = result
+            self._use_anyway.visible = True
+        else:
+            SESSION.publish(TrainedModel(result.model, result.description, result.model_path))
         if result.model_path is not None:
-            show_info(f"Training finished; the model is saved in {result.model_path}.")
+            show_info(
+                f"{end_status(result, self._config, closed)} The model is saved in "
+                f"{result.model_path}."
+            )
+
+    def _hand_over_unused(self, *_: object) -> None:
+        """Make the model held back for its score of 0 the Predict panel's model (user's choice)."""
+        result = self._unused_result
+        if result is None:
+            return
+        SESSION.publish(TrainedModel(result.model, result.description, result.model_path))
+        self._unused_result = None
+        self._use_anyway.visible = False
+        self._summary.value += "\nThe Predict panel now uses this model, as you chose."
 
     def _on_error(self, error: BaseException) -> None:
         self._outcome = "error"
