@@ -275,6 +275,7 @@ def test_closing_the_panel_stops_training(make_napari_viewer, qtbot, nuclei, tmp
     with qtbot.waitSignal(worker.finished, timeout=30_000):
         viewer.window.remove_dock_widget(widget.native)  # what the panel's close button does
     assert read_description(tmp_path / "panel.unet")["stopped_by"] == "cancel"
+    assert widget._status.value == "Stopped: the Train U-Net panel was closed."
 
 
 def test_closed_panels_are_collected_without_crashing_napari(make_napari_viewer, qtbot, nuclei):
