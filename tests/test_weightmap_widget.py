@@ -39,6 +39,9 @@ def test_widget_layer_equals_the_engine_function(make_napari_viewer, qtbot):
     run_and_wait(qtbot, widget)
     result = viewer.layers["cells weights"]
     assert isinstance(result, Image)
+    assert widget._message.value == (
+        "Done: the weight map of 'cells' is the layer 'cells weights' (bright = heavy)."
+    )
     expected, target = weights_and_target(labels, settings=PRESETS[DEFAULT_PRESET])
     np.testing.assert_array_equal(result.data, expected)
     np.testing.assert_array_equal(viewer.layers["cells separated"].data, target)

@@ -13,7 +13,7 @@ from magicgui.widgets import (
     PushButton,
     create_widget,
 )
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 
 from napari_unetkit._napari.jobs import JobRunner, error_message
@@ -70,6 +70,7 @@ class WeightMapWidget(Container):
         self._runner = JobRunner("Weight map")
         self._alive = True  # False once Qt has deleted the widget (panel or viewer closed)
         self._error = ""
+        self._done = ""  # what the finished run added, for the message
         self._labels = create_widget(annotation=Labels, label="Labels")
         self._labels.tooltip = "Instance labels: each cell painted with its own id, 0 = background."
         self._preset = ComboBox(
@@ -253,7 +254,7 @@ class WeightMapWidget(Container):
         labels = snapshot(labels_data(layer))
         job = compute_weight_map_job(labels, self.settings)
         self._run.text = "Cancel"
-        self._error = ""
+        self._error = self._done = ""
         return self._runner.start(
             job,
             total=int(np.prod(labels.shape[:-2], dtype=np.int64)),
@@ -270,12 +271,19 @@ class WeightMapWidget(Container):
         if not self._alive:
             return
         self._run.text = "Compute weight map"
-        if self._validate() and self._error:
-            self._message.value = self._error
+        outcome = self._error or self._done or "Cancelled: no layer was added."
+        if self._validate():
+            self._message.value = outcome
 
     def _show(self, source: Labels, result) -> None:
         if result is not None and self._alive:  # None: cancelled
-            show_weight_map(self._viewer, source, *result, self.settings, self._show_target.value)
+            layer = show_weight_map(
+                self._viewer, source, *result, self.settings, self._show_target.value
+            )
+            self._done = (
+                f"Done: the weight map of {source.name!r} is the layer {layer.name!r} "
+                "(bright = heavy)."
+            )
 
 
 def show_weight_map(
@@ -285,11 +293,12 @@ def show_weight_map(
     target: np.ndarray,
     settings: WeightMapSettings,
     add_target: bool = False,
-) -> None:
+) -> Image:
     """Add (or refresh) the ``<labels> weights`` Image layer, and optionally the target.
 
     The weights layer is replaced on later runs only if this plugin made it; the separated
     target always goes to a new Labels layer, since a user may have painted on an older one.
+    Returns the weights layer.
     """
     name = f"{source.name} weights"
     existing = own_layer(viewer, name, "weightmap")
@@ -298,8 +307,9 @@ def show_weight_map(
         existing.data = weights
         existing.contrast_limits = limits
         existing.metadata["settings"] = settings.to_dict()
+        layer = existing
     else:
-        viewer.add_image(
+        layer = viewer.add_image(
             weights,
             name=unique_name(viewer, name),
             colormap="inferno",
@@ -315,6 +325,7 @@ def show_weight_map(
             metadata={METADATA_KEY: "separated"},
             **placement(source),
         )
+    return layer
 
 
 def _in_memory(data: object) -> bool:
