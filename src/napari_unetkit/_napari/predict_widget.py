@@ -47,6 +47,7 @@ from napari_unetkit._napari.layers import (
     placement,
     unique_name,
 )
+from napari_unetkit._napari.model_chooser import RecentModels
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
@@ -443,6 +444,7 @@ class PredictWidget(Container):
             "(or a bioimage.io package exported by napari-unetkit).",
         )
         self._file = FileEdit(label="Model file", mode="r", filter="*.unet *.zip", nullable=True)
+        self._recent = RecentModels(on_choose=lambda path: setattr(self._file, "value", path))
         self._about = TextEdit(label="About the model", value="")
         self._about.read_only = True
         self._about.native.setMaximumHeight(130)
@@ -525,6 +527,7 @@ class PredictWidget(Container):
         self.extend(
             [
                 self._source,
+                self._recent,
                 self._file,
                 self._about,
                 self._image,
@@ -581,6 +584,7 @@ class PredictWidget(Container):
     # -- the model ----------------------------------------------------------------------------
     def _on_session_model(self, trained: TrainedModel) -> None:
         """Select the model just trained (a running job keeps the model it started with)."""
+        self._recent.refresh()
         self._source.value = SESSION_SOURCE
         self._validate()
 
