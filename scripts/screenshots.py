@@ -227,6 +227,9 @@ def train(viewer, out: Path) -> None:
     wait(500)
     print(widget._summary.value.replace("\n", " "))
     assert "Saved to" in widget._summary.value, widget._status.value
+    if not widget._use_anyway.native.isHidden():
+        print("Warning: the model's validation score is 0; it is handed over anyway.")
+        widget._use_anyway.native.click()
     undock(viewer, widget)
 
 
