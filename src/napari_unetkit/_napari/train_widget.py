@@ -187,15 +187,20 @@ def zero_score(result: TrainResult) -> bool:
     return result.best_score is not None and result.best_score <= 0
 
 
-def summary_text(result: TrainResult, mode: str, config: TrainConfig | None = None) -> str:
+def summary_text(
+    result: TrainResult, mode: str, config: TrainConfig | None = None, closed: bool = False
+) -> str:
     """Describe a finished run: epochs, time, why it ended, best score, where it was saved.
+
+    ``config`` and ``closed`` are as for :func:`stop_reason`.
 
     A model whose best validation score is 0 is not handed to the Predict panel
     automatically (see :func:`zero_score`); the summary then says so.
     """
     lines = [
         f"Trained {result.epochs_run} epoch{'s' if result.epochs_run != 1 else ''} in "
-        f"{duration(result.elapsed)}; it ended because {stop_reason(result.stopped_by, config)}."
+        f"{duration(result.elapsed)}; it ended because "
+        f"{stop_reason(result.stopped_by, config, closed)}."
     ]
     if result.best_score is not None:
         held_out = result.description.get("data", {}).get("n_validation_slices")
@@ -654,7 +659,7 @@ class TrainWidget(Container):
             return
         closed = self._closed_while_running
         self._status.value = end_status(result, self._config, closed)
-        self._summary.value = summary_text(result, self._config.mode, self._config)
+        self._summary.value = summary_text(result, self._config.mode, self._config, closed)
         self._show_progress(PROGRESS_STEPS)
         if zero_score(result):
             self._unused_result = result
@@ -662,9 +667,12 @@ class TrainWidget(Container):
         else:
             SESSION.publish(TrainedModel(result.model, result.description, result.model_path))
         if result.model_path is not None:
+            held_back = (
+                " It scored 0, so the Predict panel keeps its model." if zero_score(result) else ""
+            )
             show_info(
                 f"{end_status(result, self._config, closed)} The model is saved in "
-                f"{result.model_path}."
+                f"{result.model_path}.{held_back}"
             )
 
     def _hand_over_unused(self, *_: object) -> None:
