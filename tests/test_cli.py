@@ -68,6 +68,7 @@ def test_train_then_predict(nuclei, capsys):
     assert main([*args, "--out", str(model), *TINY]) == 0
     network, description = load_model(folder / "cells.unet")
     assert description["mode"] == "instances"
+    assert description["training"]["data_name"] == "image"  # shown in the Recent models list
     assert network.config.base_channels == 4 and network.config.depth == 2
     out, prob = folder / "pred.tif", folder / "prob.tif"
     predict = ["predict", "--model", str(folder / "cells.unet"), "--image"]

@@ -363,6 +363,7 @@ def _training_config(args: argparse.Namespace, channel_axis: int | None):
         "device": args.device,
         "seed": args.seed,
         "augmentation": None if args.no_augment else AugmentationSettings(),
+        "data_name": Path(args.image[0]).stem,  # as the napari panel names it: the first image
     }
     sizes = (
         "patch_size",
