@@ -271,9 +271,14 @@ class WeightMapWidget(Container):
         if not self._alive:
             return
         self._run.text = "Compute weight map"
-        outcome = self._error or self._done or "Cancelled: no layer was added."
-        if self._validate():
-            self._message.value = outcome
+        if not self._validate():
+            return
+        if self._error:
+            self._message.value = self._error
+            return
+        outcome = self._done or "Cancelled: no layer was added."
+        # A remark about the labels (empty?) stays under the outcome.
+        self._message.value = "\n".join(text for text in (outcome, self._notice()) if text)
 
     def _show(self, source: Labels, result) -> None:
         if result is not None and self._alive:  # None: cancelled
