@@ -3,8 +3,9 @@
 Model files are looked for in the Train panel's models folder (the remembered one and the
 default ``~/unetkit-models``) and next to the Predict panel's remembered model file. Each is
 shown with its date, the name of its training data and its best validation score, read from the
-file's description (:func:`napari_unetkit.modelfile.read_description`, which does not read the
-weights). Unreadable files are left out.
+file's description (:func:`napari_unetkit.modelfile.read_description`: the file is validated as
+when it is loaded, but no network is built). At most :data:`MAX_RECENT` files are read, when the
+panel opens and after each training. Unreadable files are left out.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _created(description: dict, path: Path) -> datetime.datetime:
 
 
 def describe_file(path: Path) -> RecentModel:
-    """Read what the list shows about one model file (its weights are not read).
+    """Read what the list shows about one model file (validated; no network is built).
 
     Raises
     ------
