@@ -125,8 +125,11 @@ class _Previewer:
             self._percentiles = image_percentiles(
                 self.image, channel_axis, self.config.normalization
             )
-        raw = layout.get_slice(self.image, index, channel_axis)
-        return apply_percentiles(raw, *self._percentiles)
+        # The channels the model reads (the Channels field), as training and prediction do.
+        pick = slice(None) if self.config.channels is None else self.config.channels
+        raw = layout.get_slice(self.image, index, channel_axis)[pick]
+        low, high = self._percentiles
+        return apply_percentiles(raw, low[pick], high[pick])
 
     def __call__(self, model: UNet, epoch: int, cancel: threading.Event) -> Preview | None:
         index = tuple(self.request.index)
@@ -135,7 +138,9 @@ class _Previewer:
         predictor = Predictor(copy.deepcopy(model), {"mode": self.config.mode}, device=device)
         probs = predictor.predict_slice(image, cancel=cancel)
         if self.config.mode == "instances":
-            labels = postprocess.instances_from_probabilities(probs[1])
+            labels = postprocess.instances_from_probabilities(
+                probs[1], settings=postprocess.InstanceSettings()
+            )
         else:
             labels = postprocess.semantic_from_probabilities(probs, offset=1)
         return Preview(index=index, labels=labels, epoch=epoch)
