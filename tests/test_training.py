@@ -482,6 +482,8 @@ def test_instance_settings_are_calibrated_on_validation_and_stored(tmp_path):
     calibration = description["calibration"]
     assert calibration["val_f1"] >= calibration["val_f1_defaults"]
     assert calibration["val_f1_defaults"] == pytest.approx(result.best_score)
+    truth = validation[0][1]
+    assert description["metrics"]["val_objects"] == len(np.unique(truth[truth > 0]))
     assert Predictor(result.model, description).instance_settings == chosen
     # The stored choice is what the predictor applies to the validation image.
     image, labels = validation[0]

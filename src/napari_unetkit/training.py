@@ -689,7 +689,13 @@ class _Validator:
             total = counts.n_true + counts.n_pred
             f1 = 2.0 * counts.tp / total if total else 1.0
             iou = 1.0 if np.isnan(ious[1]) else float(ious[1])
-            return {"val_loss": loss, "val_f1": f1, "val_iou": iou, "score": f1}
+            return {
+                "val_loss": loss,
+                "val_f1": f1,
+                "val_iou": iou,
+                "val_objects": counts.n_true,
+                "score": f1,
+            }
         present = ious[~np.isnan(ious)]
         mean_iou = float(present.mean()) if present.size else 1.0
         per_class = [None if np.isnan(v) else float(v) for v in ious]
@@ -1245,6 +1251,7 @@ class _Run:
                 "val_loss": best.get("val_loss"),
                 "val_f1": best.get("val_f1"),
                 "val_iou": best.get("val_iou"),
+                "val_objects": best.get("val_objects"),
             },
             "data": {
                 "n_slices": summary["n_slices"],

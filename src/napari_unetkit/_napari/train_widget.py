@@ -204,7 +204,10 @@ def summary_text(
     ]
     if result.best_score is not None:
         held_out = result.description.get("data", {}).get("n_validation_slices")
+        objects = result.description.get("metrics", {}).get("val_objects")
         on = f", on {held_out} held-out slice{'s' if held_out != 1 else ''}" if held_out else ""
+        if held_out and objects is not None:
+            on += f" with {objects} annotated object{'s' if objects != 1 else ''}"
         lines.append(
             f"Best validation {metric_name(mode)}: {result.best_score:.3f} "
             f"(epoch {result.best_epoch}{on})."
