@@ -99,8 +99,14 @@ def labels_shape(shape: tuple[int, ...], channel_axis: int | None = None) -> tup
     return slice_index_shape(shape, channel_axis) + slice_shape(shape, channel_axis)
 
 
-def get_slice(array, index: tuple[int, ...], channel_axis: int | None = None) -> np.ndarray:
-    """Read one slice as a NumPy array of shape ``(C, Y, X)``.
+def get_slice(
+    array,
+    index: tuple[int, ...],
+    channel_axis: int | None = None,
+    rows: slice = slice(None),
+    cols: slice = slice(None),
+) -> np.ndarray:
+    """Read one slice, or a rectangle of it, as a NumPy array of shape ``(C, Y, X)``.
 
     Parameters
     ----------
@@ -110,16 +116,20 @@ def get_slice(array, index: tuple[int, ...], channel_axis: int | None = None) ->
         Position along the slice axes (``()`` for a 2D image).
     channel_axis : int or None
         Channel axis, if any.
+    rows, cols : slice
+        The part of the slice's Y and X axes to read (default all); only that part is read
+        from a lazy array.
 
     Returns
     -------
     numpy.ndarray
         The slice with the channel axis first (a view where NumPy allows it).
     """
-    slice_axes, channel, _ = _axes(array.ndim, channel_axis)
+    slice_axes, channel, (y_axis, x_axis) = _axes(array.ndim, channel_axis)
     if len(index) != len(slice_axes):
         raise ValueError(f"Slice index {index} does not match {len(slice_axes)} slice axes.")
     selector: list[int | slice] = [slice(None)] * array.ndim
+    selector[y_axis], selector[x_axis] = rows, cols
     for axis, position in zip(slice_axes, index, strict=True):
         selector[axis] = position
     data = np.asarray(array[tuple(selector)])

@@ -75,12 +75,12 @@ def _sample_slices(array, channel_axis: int | None) -> list[np.ndarray]:
     if len(indices) > MAX_PERCENTILE_SLICES:
         picks = np.linspace(0, len(indices) - 1, MAX_PERCENTILE_SLICES).round().astype(int)
         indices = [indices[i] for i in picks]
-    slices = [layout.get_slice(array, index, channel_axis) for index in indices]
-    total = sum(s[0].size for s in slices)
+    height, width = layout.slice_shape(array.shape, channel_axis)
+    total = len(indices) * height * width
     step = int(np.ceil(np.sqrt(total / MAX_PERCENTILE_SAMPLES))) if total else 1
-    if step > 1:
-        slices = [s[:, ::step, ::step] for s in slices]
-    return slices
+    # Strided reads: a lazy (zarr, dask) slice is never held whole, only its subsample.
+    every = slice(None, None, step) if step > 1 else slice(None)
+    return [layout.get_slice(array, index, channel_axis, every, every) for index in indices]
 
 
 def image_percentiles(

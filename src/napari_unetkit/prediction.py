@@ -565,24 +565,95 @@ class Predictor:
                 f"predict_slice expects a (C, Y, X) slice with C = {self.config.in_channels}, "
                 f"got shape {image.shape}."
             )
+        kept = self._kept_classes(classes)
+        padded = self._padded(image)
+        return self._predict_tiles(
+            lambda window: padded[:, window[0] : window[1], window[2] : window[3]],
+            self.tile_layout(image.shape[1:]),
+            (0, image.shape[1], 0, image.shape[2]),
+            kept,
+            cancel=cancel,
+            progress=progress,
+        )
+
+    def predict_region(
+        self,
+        read_window: Callable[[tuple[int, int, int, int]], np.ndarray],
+        shape: tuple[int, int],
+        region: tuple[int, int, int, int],
+        *,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        classes: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Class probabilities of a rectangle of a slice whose pixels are read on demand.
+
+        The tiles are those of :meth:`tile_layout` with ``region``: the same pooling grid as
+        the whole slice, so (with the default, exact halo) the result equals the region of
+        :meth:`predict_slice` of the whole slice up to float rounding, and exactly where the
+        tiles coincide. Only the windows of those tiles are read, one batch at a time.
+
+        Parameters
+        ----------
+        read_window : callable
+            ``read_window((top, bottom, left, right))`` returns the normalised float32
+            ``(C, bottom - top, right - left)`` window of the *padded* slice (padded as
+            :meth:`padding` says); see :func:`napari_unetkit.chunked.window_reader`.
+        shape : tuple of int
+            ``(Y, X)`` of the whole slice.
+        region : tuple of int
+            ``(y0, y1, x0, x1)``, the rectangle to predict.
+        cancel, progress, classes
+            As for :meth:`predict_slice`.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 probabilities ``(K or len(classes), y1 - y0, x1 - x0)``.
+        """
+        y0, y1, x0, x1 = region
+        if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+            raise ValueError(f"The region {region} is not inside a slice of shape {shape}.")
+        return self._predict_tiles(
+            read_window,
+            self.tile_layout(shape, region),
+            region,
+            self._kept_classes(classes),
+            cancel=cancel,
+            progress=progress,
+        )
+
+    def _kept_classes(self, classes: Sequence[int] | None) -> list[int]:
         kept = list(range(self.n_classes)) if classes is None else [int(c) for c in classes]
         if not kept or not all(0 <= c < self.n_classes for c in kept):
             raise ValueError(f"classes must be among 0..{self.n_classes - 1}, got {classes}.")
-        tiles = self.tile_layout(image.shape[1:])
-        padded = self._padded(image)
-        out = np.empty((len(kept), *image.shape[1:]), dtype=np.float32)
+        return kept
+
+    def _predict_tiles(
+        self,
+        read_window: Callable[[tuple[int, int, int, int]], np.ndarray],
+        tiles: list[Tile],
+        region: tuple[int, int, int, int],
+        kept: list[int],
+        *,
+        cancel: threading.Event | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> np.ndarray:
+        """Run the tiles batch by batch and write their cores into the region's array."""
+        y0, y1, x0, x1 = region
+        out = np.empty((len(kept), y1 - y0, x1 - x0), dtype=np.float32)
+        every = len(kept) == self.n_classes and kept == sorted(kept)
         done = 0
         network = self._network()
         for batch in _batches(tiles, self.batch_size):
             check_cancel(cancel)
-            inputs = np.stack([_window(padded, tile) for tile in batch])
+            inputs = np.stack([read_window(tile.window) for tile in batch])
             probs = self._run(network, inputs)
             for tile, prob in zip(batch, probs, strict=True):
                 (oy, ox), h, w = tile.offset, tile.height, tile.width
                 core = prob[:, oy : oy + h, ox : ox + w]
-                out[:, tile.y : tile.y + h, tile.x : tile.x + w] = (
-                    core if classes is None else core[kept]
-                )
+                top, left = tile.y - y0, tile.x - x0
+                out[:, top : top + h, left : left + w] = core if every else core[kept]
             done += len(batch)
             if progress is not None:
                 progress(done, len(tiles))
@@ -618,8 +689,19 @@ class Predictor:
             return total // 2, total - total // 2, 0
         return self.halo, self.halo + total, self.halo
 
-    def tile_layout(self, shape: tuple[int, int]) -> list[Tile]:
-        """Return the tiles that cover a slice of ``shape`` (Y, X).
+    def padding(self, size: int) -> tuple[int, int]:
+        """Return the padding ``(before, after)`` of an axis of ``size`` px before tiling.
+
+        Padded pixels mirror the slice (the edge pixel not repeated): pixel ``p`` of the
+        padded axis is pixel ``p - before`` of the slice, reflected into it.
+        """
+        before, after, _ = self._axis_padding(size)
+        return before, after
+
+    def tile_layout(
+        self, shape: tuple[int, int], region: tuple[int, int, int, int] | None = None
+    ) -> list[Tile]:
+        """Return the tiles that cover a slice of ``shape`` (Y, X), or a region of it.
 
         The slice is first padded (see ``border``); along each axis the padded extent the
         cores cover (a multiple of ``2**depth``) is split into ``ceil(extent / tile_size)``
@@ -627,18 +709,29 @@ class Predictor:
         core plus ``halo`` pixels on each side, clipped to the padded slice: with
         ``border="network"`` tiles at the slice border get context on their inner sides only.
         Every core overlaps the slice.
+
+        With ``region = (y0, y1, x0, x1)`` only that rectangle is covered: the cores split the
+        smallest run of whole ``2**depth`` blocks of the padded slice that contains it (the
+        same pooling grid as the whole slice) and each tile's predicted part is clipped to the
+        region. Without it the region is the whole slice.
         """
         factor = self.config.downsampling_factor
+        if region is None:
+            region = (0, shape[0], 0, shape[1])
         axes = []
-        for size in shape:
+        for size, (r0, r1) in zip(shape, (region[:2], region[2:]), strict=True):
             before, after, start = self._axis_padding(size)
             extent = _round_up(size, factor)
             padded = size + before + after
+            span0 = max(start, (r0 + before) // factor * factor)
+            span1 = min(start + extent, _round_up(r1 + before, factor))
             axis = []
-            for first, last in _axis_cores(extent, self.tile_size, factor):
-                first, last = first + start, last + start
+            for first, last in _axis_cores(span1 - span0, self.tile_size, factor):
+                first, last = first + span0, last + span0
                 low, high = max(first - self.halo, 0), min(last + self.halo, padded)
-                visible = max(first - before, 0), min(last - before, size)
+                visible = max(first - before, r0), min(last - before, r1)
+                if visible[0] >= visible[1]:
+                    continue
                 axis.append((visible, (low, high), visible[0] + before - low))
             axes.append(axis)
         return [
@@ -755,12 +848,7 @@ class Predictor:
             If ``cancel`` is set during the job.
         """
         kind = self._resolve_output(output, link_3d)
-        _check_post_options(threshold, min_size)
-        post = self.instance_settings if instances is None else instances
-        if threshold is not None:
-            post = replace(post, threshold=float(threshold))
-        if min_size is not None:
-            post = replace(post, min_size=int(min_size))
+        post = self.post_settings(threshold, min_size, instances)
         if not hasattr(image, "shape") or not hasattr(image, "dtype"):
             image = np.asarray(image)
         shape = tuple(image.shape)
@@ -877,11 +965,53 @@ class Predictor:
             offset = 1 if self.mode == "classes" else 0
             labels[index] = postprocess.semantic_from_probabilities(probs, offset=offset)
             return next_id
-        instances = postprocess.instances_from_probabilities(probs[-1], settings=settings)
+        instances = self.instances(probs[-1], settings)
         count = int(instances.max(initial=0))
         instances[instances > 0] += next_id  # in place: no second slice-sized label image
         labels[index] = instances
         return next_id + count
+
+    def instances(self, fg_prob: np.ndarray, settings: postprocess.InstanceSettings) -> np.ndarray:
+        """Instances of one 2D foreground probability map, as :meth:`predict` labels a slice.
+
+        The one call of the per-slice instance step
+        (:func:`~napari_unetkit.postprocess.instances_from_probabilities`) shared by
+        :meth:`predict` and the chunked prediction (:mod:`napari_unetkit.chunked`).
+
+        Parameters
+        ----------
+        fg_prob : numpy.ndarray
+            Foreground probability ``(Y, X)``.
+        settings : InstanceSettings
+            As :meth:`post_settings` resolves them.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``int32`` labels ``0..N`` of ``fg_prob``'s shape.
+        """
+        return postprocess.instances_from_probabilities(fg_prob, settings=settings)
+
+    def post_settings(
+        self,
+        threshold: float | None = None,
+        min_size: int | None = None,
+        instances: postprocess.InstanceSettings | None = None,
+    ) -> postprocess.InstanceSettings:
+        """Return the instance settings of a call: ``instances`` or the model's, overridden.
+
+        Raises
+        ------
+        ValueError
+            For a threshold outside (0, 1) or a negative minimum size.
+        """
+        _check_post_options(threshold, min_size)
+        post = self.instance_settings if instances is None else instances
+        if threshold is not None:
+            post = replace(post, threshold=float(threshold))
+        if min_size is not None:
+            post = replace(post, min_size=int(min_size))
+        return post
 
 
 class _SliceWorkers:
