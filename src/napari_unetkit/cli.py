@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unetkit import __version__
+from napari_unetkit import __version__, cli_bigdata
 from napari_unetkit.progress import GENERIC_CANCEL, Cancelled
 from napari_unetkit.weightmap import CLASS_BALANCES, DEFAULT_PRESET, PRESETS
 
@@ -433,6 +433,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_unetkit.io import read_image, write_tiff
     from napari_unetkit.prediction import Predictor
 
+    if cli_bigdata.wants_this(args):  # zarr output, a pattern or folder, a cluster
+        return cli_bigdata.predict_command(args)
+    cli_bigdata.check_plain(args)
     outputs = check_outputs(
         {"--out": args.out, "--probabilities": args.probabilities},
         args.overwrite,
@@ -723,9 +726,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--model", required=True, help="Model file (.unet or an exported .bioimageio.zip)."
     )
-    predict.add_argument("--image", required=True, help="Image (TIFF/.npy).")
-    predict.add_argument("--out", required=True, help="Labels TIFF to write.")
-    predict.add_argument("--probabilities", help="Also write probabilities to this TIFF.")
+    predict.add_argument(
+        "--image", required=True, help="Image (TIFF/.npy/.zarr), or a pattern or folder."
+    )
+    predict.add_argument("--out", required=True, help="Labels TIFF (or .zarr, or a folder).")
+    predict.add_argument(
+        "--probabilities",
+        nargs="?",
+        const="",
+        help="Also write probabilities to this TIFF (no name: into the zarr store / folder).",
+    )
     predict.add_argument("--overwrite", action="store_true", help="Replace existing files.")
     predict.add_argument(
         "--output",
@@ -768,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    cli_bigdata.add_options(predict)
     predict.set_defaults(handler=cmd_predict)
 
     export = commands.add_parser(

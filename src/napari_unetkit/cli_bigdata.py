@@ -1,0 +1,358 @@
+"""``unetkit predict`` for big data and many files: zarr output, folders, dask clusters.
+
+:mod:`napari_unetkit.cli` hands ``predict`` over to :func:`predict_command` when the command
+asks for something beyond one TIFF in and one TIFF out:
+
+- ``--out x.zarr`` / ``x.ome.zarr``: the image (zarr, OME-Zarr, TIFF or ``.npy``) is read
+  lazily and the labels (and, with ``--probabilities``, probabilities) are written chunk by
+  chunk into an OME-Zarr store (:mod:`napari_unetkit.chunked`); a killed run resumes.
+- ``--image 'plate/*.tif'`` (a pattern) or ``--image folder/``: every matching image is
+  predicted into ``--out`` (a folder), one output per input, existing outputs skipped unless
+  ``--overwrite``; a file that fails is reported and the batch goes on; a summary ends it.
+- ``--workers N`` (a local cluster) or ``--scheduler ADDRESS`` (an existing one, e.g. started
+  by ``dask-jobqueue``): zarr outputs are computed by ``dask.distributed`` workers.
+
+One TIFF in and one TIFF out stays with :func:`napari_unetkit.cli.cmd_predict`, unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from napari_unetkit import bigio
+
+#: ``--probabilities`` given without a path: into the zarr store / next to each output.
+BESIDE = ""
+#: Image files a folder or pattern matches.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
+FORMATS = ("tiff", "zarr")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Add the big-data options to the ``predict`` parser."""
+    group = parser.add_argument_group(
+        "big data, many files, clusters (see docs/big-data.md)",
+        "--out x.zarr or x.ome.zarr writes a chunked OME-Zarr store (any input size; a killed "
+        "run resumes). --image with a pattern ('plate/*.tif') or a folder predicts every "
+        "image into the folder --out.",
+    )
+    group.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="tiff",
+        help="Output format of each file of a pattern or folder (default tiff).",
+    )
+    group.add_argument(
+        "--workers", type=int, help="Run zarr outputs on a local dask cluster of N workers."
+    )
+    group.add_argument("--scheduler", help="Run zarr outputs on this dask scheduler address.")
+    group.add_argument(
+        "--chunk-size", type=int, default=1024, help="Output chunk side in pixels (default 1024)."
+    )
+    group.add_argument(
+        "--margin",
+        type=int,
+        default=128,
+        help="Context in pixels around each block of a slice above 4096 x 4096 px; larger than "
+        "the largest object (default 128).",
+    )
+
+
+def _is_pattern(text: str) -> bool:
+    folder = Path(text).is_dir() and not bigio.is_zarr_path(text)
+    return folder or any(char in text for char in "*?[")
+
+
+def wants_this(args: argparse.Namespace) -> bool:
+    """Whether ``predict`` goes beyond one TIFF in, one TIFF out (see the module docstring)."""
+    return (
+        bigio.is_zarr_path(args.out)
+        or _is_pattern(args.image)
+        or args.workers is not None
+        or args.scheduler is not None
+    )
+
+
+def check_plain(args: argparse.Namespace) -> None:
+    """Refuse big-data options that a plain TIFF-to-TIFF prediction cannot use."""
+    from napari_unetkit.cli import CommandError
+
+    if args.probabilities == BESIDE:
+        raise CommandError(
+            "--probabilities needs a TIFF file name here (it takes no name only with a zarr "
+            "output or a folder of images)."
+        )
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """Run ``unetkit predict`` for a zarr output, a pattern or folder, or a cluster."""
+    from napari_unetkit.cli import CommandError
+
+    if args.workers is not None and args.workers < 1:
+        raise CommandError(f"--workers must be at least 1, got {args.workers}.")
+    if args.chunk_size < 16 or args.margin < 0:
+        raise CommandError("--chunk-size must be at least 16 and --margin at least 0.")
+    if args.link_3d:
+        raise CommandError(
+            "--link-3d needs the whole stack in memory; it works with a TIFF output only."
+        )
+    if _is_pattern(args.image):
+        return _predict_many(args)
+    if not bigio.is_zarr_path(args.out):
+        raise CommandError(
+            "--workers and --scheduler need a zarr output (--out result.zarr or .ome.zarr)."
+        )
+    with ExitStack() as stack:
+        predictor = _predictor(args)
+        client = _client(args, stack)
+        _predict_zarr(args, predictor, Path(args.image), Path(args.out), client)
+    return 0
+
+
+# ------------------------------------------------------------------------------ one image
+
+
+def _predictor_options(args: argparse.Namespace) -> dict:
+    return {
+        "device": args.device,
+        "tile_size": args.tile_size,
+        "tta": args.tta,
+        "border": args.border,
+        "precision": args.precision,
+    }
+
+
+def _predictor(args: argparse.Namespace):
+    from napari_unetkit.prediction import Predictor
+
+    return Predictor.from_file(args.model, **_predictor_options(args))
+
+
+def _client(args: argparse.Namespace, stack: ExitStack):
+    """Return a client for --workers / --scheduler (closed with ``stack``), or ``None``."""
+    if args.workers is None and args.scheduler is None:
+        return None
+    distributed = bigio.require("distributed", "distributed")
+    if args.scheduler is not None:
+        client = distributed.Client(args.scheduler)
+    else:
+        cluster = distributed.LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        stack.callback(cluster.close)
+        client = distributed.Client(cluster)
+    stack.callback(client.close)
+    return client
+
+
+def _channel_axis(args: argparse.Namespace, lazy: bigio.LazyImage, channels: int) -> int | None:
+    from napari_unetkit.cli import infer_channel_axis
+
+    if args.channel_axis is not None:
+        return args.channel_axis
+    if lazy.axes and "c" in lazy.axes:
+        return lazy.axes.index("c")
+    return infer_channel_axis(tuple(lazy.array.shape), channels=channels)
+
+
+def _labels_metadata(lazy: bigio.LazyImage, channel_axis: int | None) -> dict:
+    """Axes, pixel size and units of the labels: the image's, without its channel axis."""
+
+    def drop(values):
+        if values is None:
+            return None
+        values = list(values)
+        if channel_axis is not None:
+            del values[channel_axis % len(values)]
+        return values
+
+    axes = drop(lazy.axes)
+    return {
+        "axes": "".join(axes) if axes else None,
+        "scale": drop(lazy.scale),
+        "units_names": drop(lazy.units),
+    }
+
+
+def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
+    """Predict one image into a zarr store, with a progress line; print what was done."""
+    from napari_unetkit import chunked
+    from napari_unetkit.cli import CancelOnInterrupt, CommandError, TextProgress
+
+    if not out.parent.is_dir():
+        raise CommandError(f"The folder {out.parent} does not exist; create it first.")
+    with bigio.open_image(image) as lazy:
+        channel_axis = _channel_axis(args, lazy, predictor.config.in_channels)
+        job = None
+        if client is not None:
+            job = chunked.worker_job(args.model, image, **_predictor_options(args))
+            cores = os.cpu_count() or 1
+            job.threads = max(1, cores // max(args.workers or 1, 1)) if args.workers else None
+        run = {
+            "model": str(Path(args.model).resolve()),
+            "model_sha256": job.digest if job else chunked.file_digest(args.model),
+            "image": str(image.resolve()),
+            "predictor": _predictor_options(args),
+        }
+        display = TextProgress()
+
+        def show(done: float, total: int) -> None:
+            display.show(
+                f"predicting {TextProgress.bar(int(done * 100), total * 100)} "
+                f"part {min(int(done) + 1, total)}/{total}",
+                force=done >= total,
+            )
+
+        with CancelOnInterrupt() as cancel:
+            result = chunked.predict_to_zarr(
+                predictor,
+                lazy.array,
+                out,
+                client=client,
+                job=job,
+                progress=show,
+                cancel=cancel,
+                channel_axis=channel_axis,
+                output=args.output,
+                threshold=args.threshold,
+                min_size=args.min_size,
+                probabilities=args.probabilities is not None,
+                run=run,
+                overwrite=args.overwrite,
+                chunk=args.chunk_size,
+                margin=args.margin,
+                **_labels_metadata(lazy, channel_axis),
+            )
+    resumed = result.units - result.computed
+    note = f", {resumed} of {result.units} parts were already done" if resumed else ""
+    print(f"Labels written to {out} ({result.output}, OME-Zarr{note}).")
+    if result.cut_objects:
+        print(
+            f"unetkit: warning: {result.cut_objects} object(s) larger than --margin "
+            f"({args.margin} px) may be split at block borders; rerun with a larger --margin.",
+            file=sys.stderr,
+        )
+
+
+# ---------------------------------------------------------------------------- many images
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did, file by file."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def text(self) -> str:
+        """One summary line plus one line per failure."""
+        lines = [
+            f"Batch done: {len(self.written)} written, {len(self.skipped)} skipped (already "
+            f"there; --overwrite replaces them), {len(self.failed)} failed."
+        ]
+        lines += [f"  failed: {path}: {message}" for path, message in self.failed]
+        return "\n".join(lines)
+
+
+def find_images(pattern: str) -> list[Path]:
+    """Images matching a glob pattern, or inside a folder, sorted by name."""
+    path = Path(pattern)
+    if path.is_dir() and not bigio.is_zarr_path(path):
+        matches = [str(p) for p in path.iterdir()]
+    else:
+        matches = glob.glob(pattern)
+    images = [
+        Path(m)
+        for m in matches
+        if Path(m).name.lower().endswith(IMAGE_SUFFIXES) and not Path(m).name.startswith(".")
+    ]
+    return sorted(images)
+
+
+def output_for(image: Path, folder: Path, fmt: str) -> Path:
+    """Return the output of one input: ``<folder>/<name without suffix>.tif|.ome.zarr``."""
+    name = image.name
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return folder / (name + (".ome.zarr" if fmt == "zarr" else ".tif"))
+
+
+def _predict_many(args: argparse.Namespace) -> int:
+    from napari_unetkit.cli import CommandError, cmd_predict, error_message
+    from napari_unetkit.progress import Cancelled
+
+    images = find_images(args.image)
+    if not images:
+        raise CommandError(f"No images (TIFF, .npy, zarr) match {args.image}.")
+    folder = Path(args.out)
+    if bigio.is_zarr_path(folder) or folder.suffix.lower() in (".tif", ".tiff"):
+        raise CommandError(f"With several images --out is a folder, got {folder}.")
+    if not folder.parent.is_dir():
+        raise CommandError(f"The folder {folder.parent} does not exist; create it first.")
+    folder.mkdir(exist_ok=True)
+    if args.format == "tiff" and (args.workers is not None or args.scheduler is not None):
+        raise CommandError("--workers and --scheduler need --format zarr.")
+    outputs = [output_for(image, folder, args.format) for image in images]
+    if len(set(outputs)) != len(outputs):
+        raise CommandError("Two inputs have the same name; their outputs would collide.")
+    summary = BatchSummary()
+    print(f"Predicting {len(images)} image(s) into {folder}.", file=sys.stderr)
+    with ExitStack() as stack:
+        predictor = None
+        client = _client(args, stack) if args.format == "zarr" else None
+        for number, (image, out) in enumerate(zip(images, outputs, strict=True), start=1):
+            if _finished(out, args.format) and not args.overwrite:
+                summary.skipped.append(out)
+                continue
+            print(f"[{number}/{len(images)}] {image.name}", file=sys.stderr)
+            try:
+                if args.format == "zarr":
+                    predictor = predictor or _predictor(args)
+                    _predict_zarr(args, predictor, image, out, client)
+                else:
+                    cmd_predict(_single(args, image, out))
+            except (Cancelled, KeyboardInterrupt):
+                print(summary.text())
+                raise
+            except Exception as error:
+                if args.debug:
+                    raise
+                message = error_message(error)
+                print(f"unetkit: error: {image.name}: {message}", file=sys.stderr)
+                summary.failed.append((image, message))
+            else:
+                summary.written.append(out)
+    print(summary.text())
+    return 1 if summary.failed else 0
+
+
+def _finished(out: Path, fmt: str) -> bool:
+    """Whether a batch output exists and is complete (an unfinished zarr store resumes)."""
+    if fmt == "tiff":
+        return out.exists()
+    attrs = out / ".zattrs"
+    if not attrs.is_file():
+        return False
+    try:
+        return bool(json.loads(attrs.read_text())["unetkit"]["complete"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _single(args: argparse.Namespace, image: Path, out: Path) -> argparse.Namespace:
+    """Return the arguments of a one-TIFF prediction of ``image`` into ``out``."""
+    single = argparse.Namespace(**vars(args))
+    single.image, single.out = str(image), str(out)
+    if args.probabilities is not None:
+        single.probabilities = str(out.with_name(out.stem + "_probabilities.tif"))
+    return single
