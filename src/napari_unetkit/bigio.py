@@ -94,6 +94,28 @@ class LazyImage:
         while self._closers:
             self._closers.pop()()
 
+    def labels_metadata(self, channel_axis: int | None) -> dict:
+        """Return ``axes``, ``scale`` and ``units_names`` of labels: these without the channels.
+
+        The keywords :func:`napari_unetkit.chunked.predict_to_zarr` takes (``None`` where
+        the file does not say).
+        """
+
+        def drop(values):
+            if values is None:
+                return None
+            values = list(values)
+            if channel_axis is not None:
+                del values[channel_axis % len(values)]
+            return values
+
+        axes = drop(self.axes)
+        return {
+            "axes": "".join(axes) if axes else None,
+            "scale": drop(self.scale),
+            "units_names": drop(self.units),
+        }
+
     def __enter__(self) -> LazyImage:
         return self
 

@@ -18,21 +18,15 @@ One TIFF in and one TIFF out stays with :func:`napari_unetkit.cli.cmd_predict`, 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_unetkit import bigio
 
 #: ``--probabilities`` given without a path: into the zarr store / next to each output.
 BESIDE = ""
-#: Image files a folder or pattern matches.
-IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
-FORMATS = ("tiff", "zarr")
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +39,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--format",
-        choices=FORMATS,
+        choices=("tiff", "zarr"),
         default="tiff",
         help="Output format of each file of a pattern or folder (default tiff).",
     )
@@ -152,44 +146,17 @@ def _client(args: argparse.Namespace, stack: ExitStack):
     return client
 
 
-def _channel_axis(args: argparse.Namespace, lazy: bigio.LazyImage, channels: int) -> int | None:
-    from napari_unetkit.cli import infer_channel_axis
-
-    if args.channel_axis is not None:
-        return args.channel_axis
-    if lazy.axes and "c" in lazy.axes:
-        return lazy.axes.index("c")
-    return infer_channel_axis(tuple(lazy.array.shape), channels=channels)
-
-
-def _labels_metadata(lazy: bigio.LazyImage, channel_axis: int | None) -> dict:
-    """Axes, pixel size and units of the labels: the image's, without its channel axis."""
-
-    def drop(values):
-        if values is None:
-            return None
-        values = list(values)
-        if channel_axis is not None:
-            del values[channel_axis % len(values)]
-        return values
-
-    axes = drop(lazy.axes)
-    return {
-        "axes": "".join(axes) if axes else None,
-        "scale": drop(lazy.scale),
-        "units_names": drop(lazy.units),
-    }
-
-
 def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
     """Predict one image into a zarr store, with a progress line; print what was done."""
-    from napari_unetkit import chunked
+    from napari_unetkit import batch, chunked
     from napari_unetkit.cli import CancelOnInterrupt, CommandError, TextProgress
 
     if not out.parent.is_dir():
         raise CommandError(f"The folder {out.parent} does not exist; create it first.")
     with bigio.open_image(image) as lazy:
-        channel_axis = _channel_axis(args, lazy, predictor.config.in_channels)
+        channel_axis = args.channel_axis
+        if channel_axis is None:
+            channel_axis = batch.channel_axis_of(lazy, predictor.config.in_channels)
         job = None
         if client is not None:
             job = chunked.worker_job(args.model, image, **_predictor_options(args))
@@ -228,7 +195,7 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
                 overwrite=args.overwrite,
                 chunk=args.chunk_size,
                 margin=args.margin,
-                **_labels_metadata(lazy, channel_axis),
+                **lazy.labels_metadata(channel_axis),
             )
     resumed = result.units - result.computed
     note = f", {resumed} of {result.units} parts were already done" if resumed else ""
@@ -244,54 +211,11 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
 # ---------------------------------------------------------------------------- many images
 
 
-@dataclass
-class BatchSummary:
-    """What a batch did, file by file."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-
-    def text(self) -> str:
-        """One summary line plus one line per failure."""
-        lines = [
-            f"Batch done: {len(self.written)} written, {len(self.skipped)} skipped (already "
-            f"there; --overwrite replaces them), {len(self.failed)} failed."
-        ]
-        lines += [f"  failed: {path}: {message}" for path, message in self.failed]
-        return "\n".join(lines)
-
-
-def find_images(pattern: str) -> list[Path]:
-    """Images matching a glob pattern, or inside a folder, sorted by name."""
-    path = Path(pattern)
-    if path.is_dir() and not bigio.is_zarr_path(path):
-        matches = [str(p) for p in path.iterdir()]
-    else:
-        matches = glob.glob(pattern)
-    images = [
-        Path(m)
-        for m in matches
-        if Path(m).name.lower().endswith(IMAGE_SUFFIXES) and not Path(m).name.startswith(".")
-    ]
-    return sorted(images)
-
-
-def output_for(image: Path, folder: Path, fmt: str) -> Path:
-    """Return the output of one input: ``<folder>/<name without suffix>.tif|.ome.zarr``."""
-    name = image.name
-    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return folder / (name + (".ome.zarr" if fmt == "zarr" else ".tif"))
-
-
 def _predict_many(args: argparse.Namespace) -> int:
+    from napari_unetkit import batch
     from napari_unetkit.cli import CommandError, cmd_predict, error_message
-    from napari_unetkit.progress import Cancelled
 
-    images = find_images(args.image)
+    images = batch.find_images(args.image)
     if not images:
         raise CommandError(f"No images (TIFF, .npy, zarr) match {args.image}.")
     folder = Path(args.out)
@@ -299,54 +223,42 @@ def _predict_many(args: argparse.Namespace) -> int:
         raise CommandError(f"With several images --out is a folder, got {folder}.")
     if not folder.parent.is_dir():
         raise CommandError(f"The folder {folder.parent} does not exist; create it first.")
-    folder.mkdir(exist_ok=True)
     if args.format == "tiff" and (args.workers is not None or args.scheduler is not None):
         raise CommandError("--workers and --scheduler need --format zarr.")
-    outputs = [output_for(image, folder, args.format) for image in images]
-    if len(set(outputs)) != len(outputs):
-        raise CommandError("Two inputs have the same name; their outputs would collide.")
-    summary = BatchSummary()
+    try:
+        outputs = batch.plan_outputs(images, folder, args.format)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    folder.mkdir(exist_ok=True)
     print(f"Predicting {len(images)} image(s) into {folder}.", file=sys.stderr)
     with ExitStack() as stack:
-        predictor = None
         client = _client(args, stack) if args.format == "zarr" else None
-        for number, (image, out) in enumerate(zip(images, outputs, strict=True), start=1):
-            if _finished(out, args.format) and not args.overwrite:
-                summary.skipped.append(out)
-                continue
-            print(f"[{number}/{len(images)}] {image.name}", file=sys.stderr)
-            try:
-                if args.format == "zarr":
-                    predictor = predictor or _predictor(args)
-                    _predict_zarr(args, predictor, image, out, client)
-                else:
-                    cmd_predict(_single(args, image, out))
-            except (Cancelled, KeyboardInterrupt):
-                print(summary.text())
-                raise
-            except Exception as error:
-                if args.debug:
-                    raise
-                message = error_message(error)
-                print(f"unetkit: error: {image.name}: {message}", file=sys.stderr)
-                summary.failed.append((image, message))
-            else:
-                summary.written.append(out)
+        predictor = _predictor(args) if args.format == "zarr" else None
+
+        def predict_one(image: Path, out: Path) -> None:
+            if args.format == "zarr":
+                _predict_zarr(args, predictor, image, out, client)
+            else:  # exactly the one-file command
+                cmd_predict(_single(args, image, out))
+
+        def describe(error: BaseException) -> str:
+            if args.debug:
+                raise error
+            return error_message(error)
+
+        summary = batch.run_batch(
+            images,
+            outputs,
+            predict_one,
+            overwrite=args.overwrite,
+            on_file=lambda n, total, image: print(f"[{n}/{total}] {image.name}", file=sys.stderr),
+            on_error=lambda image, message: print(
+                f"unetkit: error: {image.name}: {message}", file=sys.stderr
+            ),
+            describe_error=describe,
+        )
     print(summary.text())
     return 1 if summary.failed else 0
-
-
-def _finished(out: Path, fmt: str) -> bool:
-    """Whether a batch output exists and is complete (an unfinished zarr store resumes)."""
-    if fmt == "tiff":
-        return out.exists()
-    attrs = out / ".zattrs"
-    if not attrs.is_file():
-        return False
-    try:
-        return bool(json.loads(attrs.read_text())["unetkit"]["complete"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def _single(args: argparse.Namespace, image: Path, out: Path) -> argparse.Namespace:
