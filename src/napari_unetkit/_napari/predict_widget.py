@@ -48,6 +48,7 @@ from napari_unetkit._napari.layers import (
     unique_name,
 )
 from napari_unetkit._napari.model_chooser import RecentModels
+from napari_unetkit._napari.predict_bigdata import EVENT, BigDataOptions
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
@@ -524,12 +525,14 @@ class PredictWidget(Container):
         self._message.native.setSizePolicy(wide, QSizePolicy.Policy.Preferred)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._run = PushButton(text=RUN_TEXT)
+        self._bigdata = BigDataOptions(self._viewer)  # zarr output, Folder mode
         self.extend(
             [
                 self._source,
                 self._recent,
                 self._file,
                 self._about,
+                self._bigdata,
                 self._image,
                 self._output,
                 self._own_settings,
@@ -556,6 +559,8 @@ class PredictWidget(Container):
             self._current_slice,
             self._own_settings,
         ):
+            field_.changed.connect(self._validate)
+        for field_ in (*self._bigdata.inputs, self._probabilities):
             field_.changed.connect(self._validate)
         self._run.changed.connect(self._run_or_cancel)
         self._viewer.dims.events.point.connect(self._validate_if_previewing)
@@ -653,6 +658,9 @@ class PredictWidget(Container):
         if problem is not None:
             return problem
         layer = self._image.value
+        folder_or_store = self._bigdata.problem(layer, self.model, self._probabilities.value)
+        if folder_or_store is not None or self._bigdata.folder_mode:
+            return folder_or_store
         if layer is None:
             return "Choose an image layer (open an image, or File > Open Sample > U-Net Kit)."
         problem = image_dtype_problem(layer) or channel_problem(layer, self.model.in_channels)
@@ -698,6 +706,8 @@ class PredictWidget(Container):
         instances = self._output.value == "instances"
         stack = self._is_stack(self._image.value)
         self._show_instance_settings(chosen, instances)
+        self._bigdata.update(self._image.value, chosen, self._probabilities.value)
+        self._image.visible = not self._bigdata.folder_mode
         self._link_3d.enabled = instances and stack
         self._current_slice.enabled = stack
 
@@ -763,15 +773,21 @@ class PredictWidget(Container):
         if not self._validate():
             return None
         layer = self._image.value
-        data, channel_axis = image_data(layer)  # not copied: read slice by slice
         context = RunContext(image=layer, model=self.model, settings=self.settings)
         self._context, self._cancelled, self._outcome = context, False, None
         self._run.text = CANCEL_TEXT
         self._message.value = "Starting..."
         self._progress.visible = True
         self._progress.max, self._progress.value = 1, 0
+        if self._bigdata.folder_mode or self._bigdata.writes_store(
+            layer, context.model, context.settings.probabilities
+        ):
+            job = self._bigdata.job(context.model, layer, context.settings)
+        else:
+            data, channel_axis = image_data(layer)  # not copied: read slice by slice
+            job = prediction_job(context.model, data, channel_axis, context.settings)
         return self._runner.start(
-            prediction_job(context.model, data, channel_axis, context.settings),
+            job,
             on_event=self._on_event,
             on_result=self._on_result,
             on_error=self._on_error,
@@ -786,6 +802,11 @@ class PredictWidget(Container):
         if event[0] == "start":
             _, context.device, context.tiles_per_slice = event
             return None
+        if event[0] == EVENT:  # a zarr store or folder job: ("bigdata", text, done, total)
+            _, text, done, total = event
+            self._progress.max, self._progress.value = 100 * total, round(100 * done)
+            self._message.value = text if not self._cancelled else self._message.value
+            return round(100 * done), 100 * total
         _, done, total = event
         per_slice = context.tiles_per_slice
         done_tiles, total_tiles = round(done * per_slice), total * per_slice
@@ -803,6 +824,9 @@ class PredictWidget(Container):
     def _on_result(self, result: PredictionResult) -> None:
         context = self._context
         if context is None or result is None or not self._alive:
+            return
+        if not isinstance(result, PredictionResult):  # a zarr store or a folder
+            self._outcome = self._bigdata.finish(result, context)
             return
         add_prediction_layers(self._viewer, result, context)
         self._outcome = summary(result, context)
