@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from napari_unetkit.model import UNet, UNetConfig  # noqa: E402
 from napari_unetkit.modelfile import save_model  # noqa: E402
 from napari_unetkit.normalization import NormalizationSettings  # noqa: E402
 from napari_unetkit.prediction import Predictor  # noqa: E402
+from napari_unetkit.progress import Cancelled  # noqa: E402
 from napari_unetkit.synthetic import synthetic_nuclei  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -161,6 +163,44 @@ def test_two_workers_equal_one_process(model_file, tmp_path):
         )
     # In-process workers share one cache: one predictor for the model, one image, one store.
     assert all(kinds == ["image", "predictor", "store"] for kinds in workers.values())
+
+
+def test_a_cluster_run_stopped_half_way_resumes_to_the_same_result(model_file, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    image = synthetic_nuclei((64, 96), seed=6)[0]
+    np.save(tmp_path / "in.npy", image)
+    predictor = engine(model_file)
+    options = {"chunk": 16, "block": 32, "margin": 24, "plane_pixels": 1}
+    chunked.predict_to_zarr(predictor, image, tmp_path / "one.zarr", **options)
+    job = chunked.worker_job(
+        model_file, tmp_path / "in.npy", device="cpu", precision="float32", tile_size=32
+    )
+    cancel = threading.Event()
+
+    def stop_at_half(done, total):
+        if done >= total / 2:
+            cancel.set()
+
+    out = tmp_path / "two.zarr"
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with pytest.raises(Cancelled):
+            chunked.predict_to_zarr(
+                predictor, image, out, client=client, job=job, progress=stop_at_half,
+                cancel=cancel, **options,
+            )  # fmt: skip
+        finished = len(chunked.done_units(out))
+        assert finished == 3
+        result = chunked.predict_to_zarr(predictor, image, out, client=client, job=job, **options)
+    assert result.computed == 6 - finished
+    np.testing.assert_array_equal(
+        zarr.open_array(str(out / "0"), mode="r")[...],
+        zarr.open_array(str(tmp_path / "one.zarr" / "0"), mode="r")[...],
+    )
 
 
 def test_workers_option_runs_a_local_cluster(model_file, tmp_path):

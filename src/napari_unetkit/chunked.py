@@ -661,6 +661,7 @@ def _run_on_cluster(client, job: WorkerJob, units: list[Unit], cancel):
             except (TimeoutError, distributed.TimeoutError):
                 continue
             for future in done:
+                check_cancel(cancel)
                 yield futures[future], future.result()
     finally:
         if pending:
@@ -683,9 +684,33 @@ def _worker_predictor(job: WorkerJob) -> Predictor:
                 import torch
 
                 torch.set_num_threads(job.threads)
-            predictor = Predictor.from_file(job.model, **job.predictor_options)
+            options = dict(job.predictor_options)
+            options["device"] = _worker_device(options.get("device", "auto"))
+            predictor = Predictor.from_file(job.model, **options)
             _WORKER_CACHE[key] = predictor
         return predictor
+
+
+def _worker_device(device: str) -> str:
+    """One GPU per worker: ``auto``/``cuda`` become ``cuda:<worker number mod GPUs>``.
+
+    Workers of a ``LocalCluster`` are named 0, 1, ...; other names, one GPU or none leave the
+    device as given.
+    """
+    if device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return device
+    try:
+        from distributed import get_worker
+
+        number = int(get_worker().name)
+    except (ImportError, ValueError, TypeError):
+        return device
+    return f"cuda:{number % count}"
 
 
 def _worker_open(kind: str, path: str, opener: Callable[[str], Any]) -> Any:
