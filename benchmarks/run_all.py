@@ -200,6 +200,22 @@ SECTIONS = (
         writes_json=True,
     ),
     Section(
+        "big_data",
+        "Big data: memory independent of size, workers, resume",
+        ("benchmarks/big_data.py",),
+        "`unetkit predict --image in.zarr --out out.zarr` on a uint16 zarr of 2 x 16384 x 16384 "
+        "(1 GiB in, 2 GiB of int32 labels out) and on 4x that input (2 x 32768 x 32768), slices "
+        "cut into 4096 px blocks: the peak resident memory of the command (with its workers) "
+        "must stay below 1.5 GiB and grow by less than 10 % with the input. Then the "
+        "throughput of one process (2 threads) against `--workers 2` (a local dask cluster, one "
+        "thread per worker) with the cost per part, from which a cluster can be projected; "
+        "then the same run killed (SIGKILL) once half of its parts are done and rerun: the "
+        "rerun computes only the rest, and its labels equal the uninterrupted run's. The full "
+        "size takes about an hour on 2 cores; `--quick` (2 x 2048 x 2048, 1024 px blocks) a "
+        "few minutes. See [big-data.md](big-data.md).",
+        writes_json=True,
+    ),
+    Section(
         "long_run_memory",
         "Long runs: memory stays flat",
         ("benchmarks/long_run_memory.py", "--quick"),

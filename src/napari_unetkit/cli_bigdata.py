@@ -51,11 +51,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--chunk-size", type=int, default=1024, help="Output chunk side in pixels (default 1024)."
     )
     group.add_argument(
+        "--block-size",
+        type=int,
+        default=4096,
+        help="Slices with more pixels than this side squared are predicted in square blocks of "
+        "this side, rounded up to the chunk size; smaller slices whole (default 4096).",
+    )
+    group.add_argument(
         "--margin",
         type=int,
         default=128,
-        help="Context in pixels around each block of a slice above 4096 x 4096 px; larger than "
-        "the largest object (default 128).",
+        help="Context in pixels around each block (see --block-size); larger than the largest "
+        "object (default 128).",
     )
 
 
@@ -91,8 +98,10 @@ def predict_command(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers must be at least 1, got {args.workers}.")
-    if args.chunk_size < 16 or args.margin < 0:
-        raise CommandError("--chunk-size must be at least 16 and --margin at least 0.")
+    if args.chunk_size < 16 or args.block_size < 16 or args.margin < 0:
+        raise CommandError(
+            "--chunk-size and --block-size must be at least 16 and --margin at least 0."
+        )
     if args.link_3d:
         raise CommandError(
             "--link-3d needs the whole stack in memory; it works with a TIFF output only."
@@ -194,6 +203,8 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
                 run=run,
                 overwrite=args.overwrite,
                 chunk=args.chunk_size,
+                block=args.block_size,
+                plane_pixels=args.block_size**2,
                 margin=args.margin,
                 **lazy.labels_metadata(channel_axis),
             )
