@@ -141,6 +141,26 @@ def test_region_equals_the_same_part_of_the_whole_slice(trained, border):
         predictor.predict_region(read, (100, 120), (0, 101, 0, 5))
 
 
+# ------------------------------------------------------------------------------ anchor ids
+
+
+def test_anchor_ids_number_objects_by_their_first_pixel(rng):
+    from scipy import ndimage as ndi
+
+    for _ in range(5):
+        labels, count = ndi.label(rng.random((30, 41)) > 0.6)
+        outer, shape, base = (5, 35, 0, 41), (60, 41), 1000
+        core = (slice(4, 20), slice(3, 41))
+        ids, cut = chunked.anchor_ids(labels, outer, shape, base, core)
+        expected = np.zeros(labels.shape, np.int64)
+        for number in range(1, count + 1):
+            y, x = np.argwhere(labels == number)[0]  # first in raster order
+            expected[labels == number] = 1 + base + (y + outer[0]) * shape[1] + x + outer[2]
+        np.testing.assert_array_equal(ids, expected[core])
+        top_or_bottom = set(labels[0]) | set(labels[-1])  # x spans the whole slice: no cut
+        assert cut == len((top_or_bottom - {0}) & set(np.unique(labels[core])))
+
+
 # ------------------------------------------------------------ chunked == in-memory prediction
 
 

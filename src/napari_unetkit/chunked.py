@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from napari_unetkit import bigio, layout
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
@@ -356,8 +357,10 @@ def compute_unit(
     labels = predictor.instances(probs[-1], post)
     del probs
     plane = int(np.ravel_multi_index(unit.index, settings.labels_shape[:-2])) if unit.index else 0
-    ids, cut = anchor_ids(labels, outer, shape, plane * shape[0] * shape[1], core)
-    root["0"][target] = ids.astype(root["0"].dtype, copy=False)
+    dtype = root["0"].dtype
+    ids, cut = anchor_ids(labels, outer, shape, plane * shape[0] * shape[1], core, dtype)
+    del labels
+    root["0"][target] = ids
     return cut
 
 
@@ -367,13 +370,15 @@ def anchor_ids(
     shape: tuple[int, int],
     base: int,
     core: tuple[slice, slice],
+    dtype=np.int64,
 ) -> tuple[np.ndarray, int]:
     """Give each object of a region's labels its anchor id and cut out the core.
 
     Parameters
     ----------
     labels : numpy.ndarray
-        Labels of the region ``outer`` of a slice (0 = background, any positive ids).
+        Labels of the region ``outer`` of a slice: 0 = background, objects ``1..N`` (ids may
+        be unused; memory grows with ``N``, as :meth:`Predictor.instances` returns them).
     outer : tuple of int
         ``(y0, y1, x0, x1)`` of the region in the slice.
     shape : tuple of int
@@ -382,23 +387,27 @@ def anchor_ids(
         C-order index of the slice's first pixel in the labels array.
     core : tuple of slice
         The part of the region to return.
+    dtype : numpy.dtype
+        Type of the returned ids (large enough for ``1 + base + Y * X``).
 
     Returns
     -------
     ids : numpy.ndarray
-        ``int64`` labels of the core: ``1 + base + y * X + x`` of each object's first pixel
-        ``(y, x)`` (raster order, slice coordinates), 0 for background.
+        Labels of the core: ``1 + base + y * X + x`` of each object's first pixel ``(y, x)``
+        (raster order, slice coordinates), 0 for background.
     cut : int
         Objects in the core that touch an edge of the region other than the slice border
         (larger than the margin: their id and extent may differ from the whole slice's).
     """
-    values, first = np.unique(labels.ravel(), return_index=True)
-    rows, cols = np.divmod(first, labels.shape[1])
-    anchors = 1 + base + (rows + outer[0]) * shape[1] + (cols + outer[2])
-    anchors[values == 0] = 0
+    table = np.zeros(int(labels.max(initial=0)) + 1, dtype=dtype)
+    for number, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        row = box[0].start  # the first pixel is in the object's top row, leftmost
+        col = box[1].start + int(np.argmax(labels[row, box[1]] == number))
+        table[number] = 1 + base + (row + outer[0]) * shape[1] + (col + outer[2])
     core_labels = labels[core]
-    position = np.searchsorted(values, core_labels)
-    ids = anchors[position]
+    ids = table[core_labels]
     edges = []
     if outer[0] > 0:
         edges.append(labels[0])
@@ -410,8 +419,10 @@ def anchor_ids(
         edges.append(labels[:, -1])
     cut = 0
     if edges:
-        touching = np.setdiff1d(np.concatenate(edges), [0])
-        cut = int(np.isin(touching, core_labels).sum())
+        in_core = np.zeros(table.size, dtype=bool)
+        in_core[core_labels] = True
+        touching = np.unique(np.concatenate(edges))
+        cut = int(in_core[touching[touching > 0]].sum())
     return ids, cut
 
 
@@ -424,6 +435,17 @@ def file_digest(path: str | os.PathLike) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def model_digest(predictor: Predictor) -> str:
+    """SHA-256 of the predictor's weights and description: which model a store came from."""
+    import torch
+
+    digest = hashlib.sha256(json.dumps(_plain(predictor.description), sort_keys=True).encode())
+    for name, tensor in predictor.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -499,6 +521,7 @@ def prepare(
         "units": [u.key for u in units],
         "image_shape": list(shape),
         "channel_axis": channel_axis,
+        "model_digest": model_digest(predictor),
         **(run or {}),
     }
     settings_key = json.loads(json.dumps(settings_key, default=str))
