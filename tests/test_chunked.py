@@ -17,6 +17,7 @@ from napari_unetkit.normalization import (  # noqa: E402
     image_percentiles,
     percentile_normalize,
 )
+from napari_unetkit.postprocess import InstanceSettings  # noqa: E402
 from napari_unetkit.prediction import Predictor  # noqa: E402
 from napari_unetkit.progress import Cancelled  # noqa: E402
 from napari_unetkit.synthetic import synthetic_nuclei  # noqa: E402
@@ -170,12 +171,16 @@ def write_zarr(path, image, chunks):
     return path
 
 
-def test_blocks_give_the_in_memory_instances_without_a_full_read(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["components", "watershed"])
+def test_blocks_give_the_in_memory_instances_without_a_full_read(
+    trained, tmp_path, monkeypatch, method
+):
     # Percentiles from a strided sample (as for any image above 4 Mpx), in memory and here.
     monkeypatch.setattr(normalization, "MAX_PERCENTILE_SAMPLES", 2000)
     image = nuclei_image((160, 176), seed=3)  # objects up to 50 px across
     predictor = predictor_for(trained)
-    expected = predictor.predict(image, return_probabilities=True)
+    post = InstanceSettings(method=method)
+    expected = predictor.predict(image, return_probabilities=True, instances=post)
     source = write_zarr(tmp_path / "in.zarr", image, (16, 16))
     store = CountingStore(zarr.storage.LocalStore(str(source), read_only=True))
     lazy = RecordingArray(zarr.open_array(store, mode="r"), store)
@@ -184,6 +189,7 @@ def test_blocks_give_the_in_memory_instances_without_a_full_read(trained, tmp_pa
         lazy,
         tmp_path / "out.zarr",
         probabilities=True,
+        instances=post,
         chunk=16,
         block=32,
         margin=56,

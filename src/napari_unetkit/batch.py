@@ -166,7 +166,7 @@ def predict_file(
     out: Path,
     *,
     output: str = "auto",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_size: int | None = None,
     probabilities: bool = False,
     overwrite: bool = False,

@@ -619,8 +619,8 @@ def predict_to_zarr(
         Stops between tile batches (here) or between units (cluster); the units written so
         far stay, and a rerun resumes.
     **options
-        :func:`prepare`'s keywords (``channel_axis``, ``output``, ``threshold``, ``min_size``, ``instances``,
-        ``probabilities``, ``slices``, ``axes``, ``scale``, ``units_names``, ``run``,
+        :func:`prepare`'s keywords (``channel_axis``, ``output``, ``threshold``, ``min_size``,
+        ``instances``, ``probabilities``, ``slices``, ``axes``, ``scale``, ``units_names``, ``run``,
         ``overwrite``, ``chunk``, ``block``, ``margin``, ``plane_pixels``).
 
     Returns
