@@ -126,6 +126,14 @@ def test_a_folder_batch_reports_a_broken_file_and_goes_on(model_file, tmp_path, 
     assert same_up_to_renumbering(labels, predictor.predict(images["a3"]).labels)
 
 
+def test_a_colour_image_with_a_grey_model_is_refused(model_file, tmp_path, capsys):
+    np.save(tmp_path / "rgb.npy", np.zeros((32, 32, 3), np.uint8))
+    code = main(["predict", "--model", str(model_file), "--image", str(tmp_path / "rgb.npy"),
+                 "--out", str(tmp_path / "o.zarr"), *CPU])  # fmt: skip
+    assert code == 1 and "colour image" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_no_match_is_one_line(model_file, tmp_path, capsys):
     code = main(["predict", "--model", str(model_file), "--image", str(tmp_path / "*.tif"),
                  "--out", str(tmp_path / "r"), *CPU])  # fmt: skip

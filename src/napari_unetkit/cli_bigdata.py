@@ -166,6 +166,15 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
         channel_axis = args.channel_axis
         if channel_axis is None:
             channel_axis = batch.channel_axis_of(lazy, predictor.config.in_channels)
+            shape = tuple(lazy.array.shape)
+            # As cmd_predict: a colour image is not a stack of (X, 3) slices.
+            grey = predictor.config.in_channels == 1 and lazy.axes is None
+            if grey and len(shape) == 3 and shape[-1] in (3, 4):
+                raise CommandError(
+                    f"{image} looks like a colour image of shape {shape}, but the model reads "
+                    "greyscale images (1 channel); convert it to greyscale or use a model "
+                    "trained on colour images."
+                )
         job = None
         if client is not None:
             job = chunked.worker_job(args.model, image, **_predictor_options(args))
