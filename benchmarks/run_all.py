@@ -429,6 +429,18 @@ def summary() -> list[str]:
             f"{memory['working_set_mib']:.0f} MiB the prediction's working set; peak minus "
             f"that start {full - memory['baseline_rss_mib']:.0f} MiB."
         )
+    big = _json("big_data")
+    if big:
+        mem, workers, resume = big["memory"], big["workers"], big["resume"]
+        side, slices = big["size"], big["slices"]
+        lines.append(
+            f"- Big data, `unetkit predict` into zarr: peak RSS {mem['one']['peak_mib']:.0f} MiB "
+            f"for {slices} x {side} x {side} uint16, {mem['four']['peak_mib']:.0f} MiB for 4x "
+            f"that input ({100 * mem['growth']:+.1f} %; targets: below 1536 MiB, below +10 %); "
+            f"2 workers {workers['ratio']:.2f}x the throughput of one process; killed at half "
+            f"way, the rerun took {resume['rerun']['seconds'] / mem['one']['seconds']:.2f} of "
+            f"a full run, result identical: {resume['identical']}."
+        )
     return lines + [""] if len(lines) > 2 else []
 
 
