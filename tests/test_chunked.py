@@ -251,6 +251,21 @@ def test_semantic_and_class_probabilities(tmp_path):
     assert names == ["c", "y", "x"]
 
 
+def test_the_models_channel_choice_is_repeated(tmp_path):
+    torch.manual_seed(2)
+    model = UNet(UNetConfig(in_channels=2, depth=2, base_channels=4, dropout=0.0)).eval()
+    info = {**description(model.config), "channels": {"used": [2, 0], "of": 3}}
+    predictor = Predictor(model, info, device="cpu", tile_size=16, precision="float32")
+    image = np.stack([nuclei_image((40, 48), seed=s) for s in range(3)], axis=-1)
+    expected = predictor.predict(image, -1, output="probabilities").probabilities
+    chunked.predict_to_zarr(
+        predictor, image, tmp_path / "p.zarr", channel_axis=-1, output="probabilities",
+        chunk=16, block=16, plane_pixels=1,
+    )  # fmt: skip
+    probabilities = zarr.open_array(str(tmp_path / "p.zarr" / "probabilities" / "0"), mode="r")
+    np.testing.assert_allclose(probabilities[...], expected, atol=2e-6)
+
+
 # ---------------------------------------------------------------------------------- resume
 
 

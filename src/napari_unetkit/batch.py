@@ -184,7 +184,7 @@ def predict_file(
     from napari_unetkit.io import write_tiff
 
     with bigio.open_image(image) as lazy:
-        channel_axis = channel_axis_of(lazy, predictor.config.in_channels)
+        channel_axis = channel_axis_of(lazy, predictor.input_channels[0])
         options = {"output": output, "threshold": threshold, "min_size": min_size}
         if bigio.is_zarr_path(out):
             chunked.predict_to_zarr(

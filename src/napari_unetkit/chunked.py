@@ -60,6 +60,7 @@ from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.postprocess import InstanceSettings
 from napari_unetkit.prediction import (
     Predictor,
+    _channel_message,
     _normalization_settings,
     _reflect_indices,
     _selected_slices,
@@ -115,6 +116,8 @@ class ChunkSettings:
         Context of a block for instances (pixels).
     labels_shape : tuple of int
         Shape of the labels.
+    channels : list of int or None
+        The image channels the network reads, in order (``None``: all).
     """
 
     kind: str
@@ -125,6 +128,7 @@ class ChunkSettings:
     probabilities: bool
     margin: int
     labels_shape: tuple[int, ...]
+    channels: list[int] | None = None
 
 
 @dataclass
@@ -258,11 +262,14 @@ def window_reader(
     channel_axis: int | None,
     low: np.ndarray,
     high: np.ndarray,
+    channels: list[int] | None = None,
 ) -> Callable[[tuple[int, int, int, int]], np.ndarray]:
     """Return ``read_window`` for :meth:`Predictor.predict_region` on slice ``index``.
 
     Each call reads only the rows and columns of the slice under the window (mirrored where
-    the window covers the padding) and normalises them. A slice too small for one mirror step
+    the window covers the padding), keeps ``channels`` (the network's, of
+    :attr:`Predictor.input_channels`; ``None``: all) and normalises them with ``low`` and
+    ``high`` (one value per kept channel). A slice too small for one mirror step
     of the network's padding is read whole and padded as :meth:`Predictor.predict_slice` pads.
     """
     shape = layout.slice_shape(image.shape, channel_axis)
@@ -271,7 +278,8 @@ def window_reader(
         max(pad) <= size - 1 for pad, size in zip(pads, shape, strict=True)
     )
     if not simple:
-        whole = apply_percentiles(layout.get_slice(image, index, channel_axis), low, high)
+        whole = layout.get_slice(image, index, channel_axis)
+        whole = apply_percentiles(whole if channels is None else whole[channels], low, high)
         padded = predictor._padded(whole)
         return lambda window: padded[:, window[0] : window[1], window[2] : window[3]]
 
@@ -285,6 +293,8 @@ def window_reader(
             axes.append((slice(first, last), positions - first, last - first))
         (rows, row_take, n_rows), (cols, col_take, n_cols) = axes
         data = layout.get_slice(image, index, channel_axis, rows, cols)
+        if channels is not None:
+            data = data[channels]
         if len(row_take) != n_rows or np.any(row_take != np.arange(n_rows)):
             data = data[:, row_take]
         if len(col_take) != n_cols or np.any(col_take != np.arange(n_cols)):
@@ -333,7 +343,9 @@ def compute_unit(
     outer = (max(y0 - margin, 0), min(y1 + margin, shape[0]))
     outer += (max(x0 - margin, 0), min(x1 + margin, shape[1]))
     low, high = np.asarray(settings.low), np.asarray(settings.high)
-    read = window_reader(predictor, image, unit.index, settings.channel_axis, low, high)
+    read = window_reader(
+        predictor, image, unit.index, settings.channel_axis, low, high, settings.channels
+    )
     classes = [1] if predictor.mode == "instances" and settings.kind != "semantic" else None
     probs = predictor.predict_region(
         read, shape, outer, cancel=cancel, progress=progress, classes=classes
@@ -502,12 +514,10 @@ def prepare(
     shape = tuple(image.shape)
     if 0 in shape:
         raise ValueError(f"The image is empty (shape {shape}): choose an image with pixels.")
+    expected, pick = predictor.input_channels
     found = layout.n_channels(shape, channel_axis)
-    if found != predictor.config.in_channels:
-        raise ValueError(
-            f"The model expects {predictor.config.in_channels} channel(s) but the image has "
-            f"{found}; set the channel axis or choose another image."
-        )
+    if found != expected:
+        raise ValueError(_channel_message(expected, found, shape, channel_axis))
     indices = _selected_slices(shape, channel_axis, slices)
     labels_shape = layout.labels_shape(shape, channel_axis)
     chunks = output_chunks(labels_shape, chunk)
@@ -537,6 +547,7 @@ def prepare(
     low, high = image_percentiles(
         image, channel_axis, _normalization_settings(predictor.description)
     )
+    low, high = low[pick], high[pick]
     settings = ChunkSettings(
         kind=kind,
         channel_axis=channel_axis,
@@ -546,6 +557,7 @@ def prepare(
         probabilities=bool(probabilities or kind == "probabilities"),
         margin=int(margin),
         labels_shape=labels_shape,
+        channels=None if isinstance(pick, slice) else [int(c) for c in pick],
     )
     if root is None:
         root = _create_store(

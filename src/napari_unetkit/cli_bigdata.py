@@ -165,10 +165,10 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
     with bigio.open_image(image) as lazy:
         channel_axis = args.channel_axis
         if channel_axis is None:
-            channel_axis = batch.channel_axis_of(lazy, predictor.config.in_channels)
+            channel_axis = batch.channel_axis_of(lazy, predictor.input_channels[0])
             shape = tuple(lazy.array.shape)
             # As cmd_predict: a colour image is not a stack of (X, 3) slices.
-            grey = predictor.config.in_channels == 1 and lazy.axes is None
+            grey = predictor.input_channels[0] == 1 and lazy.axes is None
             if grey and len(shape) == 3 and shape[-1] in (3, 4):
                 raise CommandError(
                     f"{image} looks like a colour image of shape {shape}, but the model reads "
