@@ -57,7 +57,7 @@ from scipy import ndimage as ndi
 
 from napari_unetkit import bigio, layout
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
-from napari_unetkit.postprocess import InstanceSettings
+from napari_unetkit.postprocess import InstanceSettings, semantic_from_probabilities
 from napari_unetkit.prediction import (
     Predictor,
     _channel_message,
@@ -358,8 +358,6 @@ def compute_unit(
         else:
             root["probabilities/0"][(slice(None), *target)] = probs[(slice(None), *core)]
     if settings.kind == "semantic":
-        from napari_unetkit.postprocess import semantic_from_probabilities
-
         offset = 1 if predictor.mode == "classes" else 0
         root["0"][target] = semantic_from_probabilities(probs[(slice(None), *core)], offset)
         return 0
