@@ -1037,12 +1037,6 @@ class _SliceWorkers:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _window(padded: np.ndarray, tile: Tile) -> np.ndarray:
-    """Return the network input of a tile: its window of the padded slice (a view)."""
-    top, bottom, left, right = tile.window
-    return padded[:, top:bottom, left:right]
-
-
 def _positive(value: int, minimum: int, name: str = "The value") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
