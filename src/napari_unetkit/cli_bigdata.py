@@ -133,9 +133,16 @@ def _predictor_options(args: argparse.Namespace) -> dict:
 
 
 def _predictor(args: argparse.Namespace):
+    from napari_unetkit.cli import CommandError
     from napari_unetkit.prediction import Predictor
 
-    return Predictor.from_file(args.model, **_predictor_options(args))
+    predictor = Predictor.from_file(args.model, **_predictor_options(args))
+    if args.tile_size is not None and args.tile_size < predictor.halo:  # as cmd_predict
+        raise CommandError(
+            f"--tile-size must be at least {predictor.halo} pixels for this model (the context "
+            "it reads on each side of a tile). Omit --tile-size to choose one automatically."
+        )
+    return predictor
 
 
 def _client(args: argparse.Namespace, stack: ExitStack):
