@@ -529,3 +529,21 @@ def save_path(result, tmp_path):
     from napari_unetkit.modelfile import save_model
 
     return save_model(tmp_path / "choice.unet", result.model, result.description)
+
+
+def test_first_save_never_replaces_a_file_made_meanwhile_unless_allowed(prepared, tmp_path):
+    out = tmp_path / "race.unet"
+
+    def someone_else_writes(event):
+        if event.stage == "training" and not out.exists():
+            out.write_bytes(b"another process's model")
+
+    with pytest.raises(FileExistsError):
+        train(prepared, tiny(epochs=2), out=out, progress=someone_else_writes, overwrite=False)
+    assert out.read_bytes() == b"another process's model"
+    out.unlink()
+    result = train(prepared, tiny(epochs=2), out=out, overwrite=False)  # saves every epoch
+    assert result.model_path == out and load_model(out)[1]["epochs_trained"] == 2
+    out.write_bytes(b"old")
+    train(prepared, tiny(), out=out, progress=someone_else_writes)  # overwrite=True: replaced
+    assert load_model(out)[1]["epochs_trained"] == 1

@@ -417,6 +417,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=_train_progress_printer(display),
             cancel=cancel,
+            overwrite=args.overwrite,
         )
     display.show("", force=False)
     best = "n/a" if result.best_score is None else f"{result.best_score:.3f}"

@@ -890,6 +890,7 @@ class _Setup:
     normalization: NormalizationSettings
     class_names: list[str]
     out: Path | None
+    overwrite: bool = True
 
 
 class _Run:
@@ -1277,7 +1278,12 @@ class _Run:
         if self.s.out is None:
             return
         self.report("saving", stage_message)
-        self.model_path = save_model(self.s.out, self.model, self.description())
+        # The first save may not replace a file someone else wrote meanwhile; later saves
+        # replace this run's own file.
+        overwrite = self.s.overwrite or self.model_path is not None
+        self.model_path = save_model(
+            self.s.out, self.model, self.description(), overwrite=overwrite
+        )
 
     def finish(self) -> TrainResult:
         """Load the best weights, write the final model file and build the result."""
@@ -1385,6 +1391,7 @@ def train(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     on_epoch_end: EpochHook | None = None,
+    overwrite: bool = True,
 ) -> TrainResult:
     """Train a U-Net (or continue training one) and keep the best model.
 
@@ -1418,6 +1425,11 @@ def train(
         epoch (after the best model was saved) with the live model (in training mode) and the
         epoch's history entry. It must not change the model: copy it to use it (e.g. for a
         preview prediction). Whatever it raises ends training.
+    overwrite : bool
+        Whether the first save may replace an existing ``out`` file. ``False`` publishes it
+        without replacing (an existing file, also one another process wrote since the caller
+        checked, is left alone and the save fails with ``FileExistsError``); later saves of
+        the same run always replace the run's own file.
 
     Returns
     -------
@@ -1455,6 +1467,7 @@ def train(
             progress=progress,
             cancel=cancel,
             on_epoch_end=on_epoch_end,
+            overwrite=overwrite,
         )
     finally:
         if torch.get_num_threads() != threads_before:
@@ -1474,6 +1487,7 @@ def _train(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     on_epoch_end: EpochHook | None,
+    overwrite: bool,
 ) -> TrainResult:
     """Prepare, build and run (the body of :func:`train`, threads already configured)."""
     resumed = load_model(resume, device=device) if resume is not None else None
@@ -1515,5 +1529,6 @@ def _train(
         normalization=data.normalization,
         class_names=_class_names(config, data),
         out=None if out is None else Path(out),
+        overwrite=overwrite,
     )
     return _Run(setup, progress, cancel, on_epoch_end).run()

@@ -203,6 +203,7 @@ def training_job(
             progress=emit,
             cancel=cancel,
             on_epoch_end=_epoch_hook(emit, cancel, previewer),
+            overwrite=False,  # the panel chose a free name: never replace a file made since
         )
         result.model.to("cpu")
         return result
