@@ -154,9 +154,27 @@ def score_method(dataset: real_datasets.Dataset, labels: list) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_unetkit(dataset: real_datasets.Dataset, budget: float, keep: Path | None) -> MethodResult:
-    """The product's defaults: train with a time limit, predict with the stored settings."""
-    config = TrainConfig(epochs=None, time_limit=budget, channel_axis=dataset.channel_axis)
+def run_unetkit(
+    dataset: real_datasets.Dataset,
+    budget: float,
+    keep: Path | None,
+    steps: int | None = None,
+    seed: int = 0,
+    weightmap: str | None = None,
+) -> MethodResult:
+    """The product's defaults: train with a time limit, predict with the stored settings.
+
+    ``steps`` trains for that many steps (epochs of 20) instead of the time limit, so that
+    settings can be compared on equal work whatever the machine's load; ``weightmap`` replaces
+    the default weight-map preset.
+    """
+    budget_settings = (
+        {"epochs": None, "time_limit": budget}
+        if steps is None
+        else {"epochs": max(1, steps // 20), "steps_per_epoch": 20}
+    )
+    extra = {} if weightmap is None else {"weightmap": weightmap}
+    config = TrainConfig(**budget_settings, seed=seed, channel_axis=dataset.channel_axis, **extra)
     pairs = [(image, labels) for image, labels, _ in dataset.train]
     regions = [region for _, _, region in dataset.train]
     start = time.perf_counter()
@@ -371,6 +389,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNG panels")
     parser.add_argument("--keep", type=Path, default=None, help="folder to keep unetkit models")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="unetkit only: train N steps, not --budget s"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="unetkit only: training seed")
+    parser.add_argument("--weightmap", default=None, help="unetkit only: a weight-map preset")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -387,7 +410,9 @@ def main(argv: list[str] | None = None) -> dict:
         results = {}
         for method in methods:
             if method == "unetkit":
-                results[method] = run_unetkit(dataset, args.budget, args.keep)
+                results[method] = run_unetkit(
+                    dataset, args.budget, args.keep, args.steps, args.seed, args.weightmap
+                )
             elif method == "seed":
                 results[method] = run_seed(dataset, args.budget)
             else:

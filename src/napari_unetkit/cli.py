@@ -262,10 +262,10 @@ def _add_weightmap_options(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=tuple(PRESETS),
         default=DEFAULT_PRESET,
-        help="unetkit: w0 10, sigma 5, class weights balanced up to a ratio of 3 (what training "
-        "uses by default); paper: w0 10, sigma 5, fully balanced class weights (Ronneberger et "
-        "al. 2015); falk2019: the authors' Fiji tool (ridge weight 50, sigma 6, smooth "
-        f"background weights). Default: {DEFAULT_PRESET}.",
+        help="paper: w0 10, sigma 5, balanced class weights (Ronneberger et al. 2015); bounded: "
+        "the same with class weights never more than 3 times each other (sparse images); "
+        "falk2019: the authors' Fiji tool (ridge weight 50, sigma 6, smooth background "
+        f"weights). Default: {DEFAULT_PRESET}, what training uses.",
     )
     group.add_argument("--w0", type=float, help="Border weight amplitude (overrides preset).")
     group.add_argument("--sigma", type=float, help="Border width in pixels (overrides preset).")

@@ -39,7 +39,12 @@ from napari_unetkit.normalization import (
     image_percentiles,
 )
 from napari_unetkit.progress import check_cancel
-from napari_unetkit.weightmap import WeightMapSettings, settings_from, weights_and_target
+from napari_unetkit.weightmap import (
+    DEFAULT_PRESET,
+    WeightMapSettings,
+    settings_from,
+    weights_and_target,
+)
 
 __all__ = [
     "MODES",
@@ -405,7 +410,7 @@ def _pair_info(
 
 def _resolve_weightmap(weightmap: WeightMapSettings | str | None) -> WeightMapSettings:
     if weightmap is None:
-        return settings_from("paper")
+        return settings_from(DEFAULT_PRESET)
     return settings_from(weightmap)
 
 
@@ -471,7 +476,8 @@ def prepare_training_data(
         One entry per pair: None or a boolean mask of the labels' shape marking where the
         annotation is complete. Weights are 0 outside it.
     weightmap : WeightMapSettings or str, optional
-        Weight-map settings or preset name (instances mode); default the ``"paper"`` preset.
+        Weight-map settings or preset name (instances mode); default
+        :data:`~napari_unetkit.weightmap.DEFAULT_PRESET`.
     normalization : NormalizationSettings, optional
         Percentiles; default 1 and 99.8, taken over each whole image.
     class_names : sequence of str, optional

@@ -58,7 +58,7 @@ from napari_unetkit.normalization import NormalizationSettings
 from napari_unetkit.precision import computes_16bit_natively
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.progress import Cancelled
-from napari_unetkit.weightmap import PRESETS, WeightMapSettings
+from napari_unetkit.weightmap import DEFAULT_PRESET, PRESETS, WeightMapSettings
 
 #: The message of the :class:`Cancelled` raised by a stop before the first training step.
 NOTHING_SAVED = "Stopped before the first training step: no model was saved."
@@ -168,8 +168,10 @@ class TrainConfig:
     dice_weight : float
         Factor of the Dice term.
     weightmap : WeightMapSettings, str or None
-        Weight-map settings or a preset name (``"paper"``, ``"falk2019"``); instances mode only
-        (classes mode balances the painted classes instead). ``None``: the defaults.
+        Weight-map settings or a preset name (a key of
+        :data:`napari_unetkit.weightmap.PRESETS`); default
+        :data:`napari_unetkit.weightmap.DEFAULT_PRESET`. Instances mode only (classes mode
+        balances the painted classes instead). ``None``: ``WeightMapSettings()``.
     augmentation : AugmentationSettings or None
         Patch augmentation; ``None``: none.
     foreground_bias : float
@@ -229,7 +231,7 @@ class TrainConfig:
     min_lr_fraction: float = 0.02
     loss: str = "wce"
     dice_weight: float = 1.0
-    weightmap: WeightMapSettings | str | None = "paper"
+    weightmap: WeightMapSettings | str | None = DEFAULT_PRESET
     augmentation: AugmentationSettings | None = field(default_factory=AugmentationSettings)
     foreground_bias: float = 0.5
     val_fraction: float = 0.2

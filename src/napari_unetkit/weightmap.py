@@ -255,17 +255,17 @@ class WeightMapSettings:
 
 
 #: The preset training uses unless told otherwise (and the weight-map panel and command show).
-DEFAULT_PRESET = "unetkit"
+DEFAULT_PRESET = "paper"
 
 #: Names of the settings, in signature order (the keywords the public functions share).
 _SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(WeightMapSettings))
 
-#: Named presets: ``"unetkit"`` (what training uses by default: the paper's border term with
-#: bounded class weights), ``"paper"`` (Ronneberger et al. 2015) and ``"falk2019"`` (the authors'
-#: Fiji U-Net tool, Falk et al. 2019).
+#: Named presets: ``"paper"`` (Ronneberger et al. 2015; what training uses by default),
+#: ``"bounded"`` (the paper's border term with bounded class weights, for sparse images) and
+#: ``"falk2019"`` (the authors' Fiji U-Net tool, Falk et al. 2019).
 PRESETS: dict[str, WeightMapSettings] = {
-    "unetkit": WeightMapSettings(w0=10.0, sigma=5.0, class_balance="bounded"),
     "paper": WeightMapSettings(w0=10.0, sigma=5.0, class_balance="balanced"),
+    "bounded": WeightMapSettings(w0=10.0, sigma=5.0, class_balance="bounded"),
     "falk2019": WeightMapSettings(
         w0=50.0, sigma=6.0, class_balance="falk", background_ratio=0.1, background_sigma=10.0
     ),

@@ -288,8 +288,8 @@ class TrainSettings(Container):
             choices=(*PRESETS, "custom"),
             value=_DEFAULTS.weightmap if _DEFAULTS.weightmap in PRESETS else "custom",
             tooltip="Instances mode: how strongly the network is pushed to keep the thin gaps "
-            "between touching cells. unetkit: the paper's gap weight with class weights that "
-            "never drown it on sparse images (the default); paper: Ronneberger et al. 2015; "
+            "between touching cells. paper: Ronneberger et al. 2015 (the default); bounded: "
+            "the same gap weight with class weights that never drown it on sparse images; "
             "falk2019: the authors' Fiji tool (stronger gaps).",
         )
         preset = _DEFAULTS.weightmap_settings()

@@ -77,10 +77,10 @@ class WeightMapWidget(Container):
             label="Preset",
             choices=(*PRESETS, "custom"),
             value=DEFAULT_PRESET,
-            tooltip="unetkit: what training uses by default (w0 10, sigma 5, class weights "
-            "balanced up to a ratio of 3). paper: Ronneberger et al. 2015 (w0 10, sigma 5, "
-            "fully balanced). falk2019: the authors' Fiji tool (ridge weight 50, sigma 6, "
-            "smooth background weights).",
+            tooltip="paper: Ronneberger et al. 2015 (w0 10, sigma 5, balanced classes), what "
+            "training uses by default. bounded: the same, but neither class weighs more than 3 "
+            "times the other (sparse images). falk2019: the authors' Fiji tool (ridge weight "
+            "50, sigma 6, smooth background weights).",
         )
         self._w0 = FloatSpinBox(
             label="w0",
