@@ -309,12 +309,14 @@ def render(records: dict[str, dict], machine_line: str) -> str:
         f"Machine: {machine_line}.",
         "",
     ]
-    lines += summary()
+    previous = _previous_page()
+    lines += _with_previous_summary(summary(), previous.get("Summary", []))
     for section in SECTIONS:
         record = records.get(section.key)
         lines += [f"## {section.title}", "", section.about, ""]
         if record is None:
-            lines += ["(not run yet)", ""]
+            old = _previous_figures(previous.get(section.title, []), section.about)
+            lines += old or ["(not run yet)", ""]
             continue
         lines += [
             f"`python {' '.join(section.command)}` ({record['date']}, {record['seconds']:.0f} s, "
@@ -326,6 +328,61 @@ def render(records: dict[str, dict], machine_line: str) -> str:
         else:
             lines += ["```text", record["output"], "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _previous_page() -> dict[str, list[str]]:
+    """The current page's sections (title -> lines), so a section without stored results keeps
+    its last figures when only some sections are rerun on a machine without the others'."""
+    if not DOC.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return sections
+
+
+def _previous_figures(lines: list[str], about: str) -> list[str]:
+    """The measured part of an old section: what follows its "about" paragraphs (which the
+    code's current text replaces); nothing if it was never run."""
+    index = 0
+    for _ in range(about.count("\n\n") + 1):
+        while index < len(lines) and not lines[index].strip():
+            index += 1
+        while index < len(lines) and lines[index].strip():
+            index += 1
+    rest = lines[index:]
+    while rest and not rest[0].strip():
+        rest = rest[1:]
+    if not rest or rest[0] == "(not run yet)":
+        return []
+    return [*rest, ""] if rest[-1] else rest
+
+
+def _bullet_key(line: str) -> str:
+    return " ".join(line.split()[:3])
+
+
+def _with_previous_summary(new: list[str], old: list[str]) -> list[str]:
+    """The new summary plus the old bullets (with their sub-bullets) it does not replace."""
+    if not old:
+        return new
+    produced = {_bullet_key(line) for line in new if line.startswith("- ")}
+    kept, keep = [], False
+    for line in old:
+        if line.startswith("- "):
+            keep = _bullet_key(line) not in produced
+        if keep and line.startswith(("- ", "  - ")):
+            kept.append(line)
+    if not kept:
+        return new
+    if not new:
+        return ["## Summary", "", *kept, ""]
+    return [*new[:-1], *kept, ""]
 
 
 def _stored_output(key: str) -> str | None:
