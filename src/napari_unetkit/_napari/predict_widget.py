@@ -70,7 +70,7 @@ CANCEL_TEXT = "Cancel"
 TILE_TOOLTIP = (
     "Size of the square tiles the image is cut into, in pixels (rounded up to a multiple of "
     "2**depth). 0 = automatic: the largest tile that fits the memory of the device (CPU: up "
-    "to 512 px). Each tile also reads some context around it, so the result does not depend "
+    "to 1024 px). Each tile also reads some context around it, so the result does not depend "
     "on the tile size; choose a smaller size if you run out of memory."
 )
 
