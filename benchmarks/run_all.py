@@ -74,7 +74,14 @@ SECTIONS = (
         "each dataset's test slices: F1 and AP (TP / (TP + FP + FN)) at IoU 0.5, 0.7 and 0.9, "
         "mean matched IoU, merges and splits. On sparse datasets only annotated cells count. "
         "Panels with truth and predicted outlines go to `benchmarks/results/real_data/` (not "
-        "committed: the images belong to their packages).",
+        "committed: the images belong to their packages).\n\n"
+        "Where the product is still weak: electron microscopy of neurons (CREMI), which a "
+        "90 s budget on 49 neurons does not learn; whole cells with dim cytoplasm and bright "
+        "nuclei (Huh7: 9 training cells, and with 10 test cells one cell moves F1 by about "
+        "0.1). Small training sets make single runs noisy: on the E. coli split, training "
+        "the same defaults for a fixed 200 steps with seeds 0 and 1 gave 0.72 and 0.39 "
+        "(see the class-balance table in [weightmap.md](weightmap.md)), so read one run's "
+        "figure as one draw.",
         writes_json=True,
     ),
     Section(
