@@ -154,11 +154,12 @@ def test_train_on_chosen_channels_and_predict_with_them(nuclei, capsys):
     assert "channel numbers separated by commas" in capsys.readouterr().err
 
 
-def test_predict_uses_the_model_s_instance_settings_unless_overridden(nuclei):
+def test_predict_uses_the_model_s_instance_settings_unless_overridden(nuclei, capsys):
     folder, image, _ = nuclei
     model = folder / "m.unet"
     args = ["train", "--image", str(folder / "image.tif"), "--labels", str(folder / "labels.tif")]
     assert main([*args, "--out", str(model), *TINY]) == 0
+    assert "Instances: " in capsys.readouterr().out  # what training chose
     predictor = Predictor.from_file(model, device="cpu")
     predict = ["predict", "--model", str(model), "--image", str(folder / "image.tif")]
     assert main([*predict, "--out", str(folder / "own.tif")]) == 0

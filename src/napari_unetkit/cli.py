@@ -384,7 +384,7 @@ def _training_config(args: argparse.Namespace, channel_axis: int | None):
 def cmd_train(args: argparse.Namespace) -> int:
     """``unetkit train``: train (or fine-tune) a model on TIFF images and labels."""
     from napari_unetkit.io import read_image
-    from napari_unetkit.modelfile import SUFFIX
+    from napari_unetkit.modelfile import SUFFIX, instances_summary
     from napari_unetkit.training import train
 
     out = Path(args.out)
@@ -426,6 +426,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{format_seconds(result.elapsed)} (stopped by {result.stopped_by}); best validation "
         f"score {best} at epoch {result.best_epoch}. Model saved to {result.model_path}."
     )
+    instances = instances_summary(result.description)
+    if instances:
+        print(instances)
     return 0
 
 

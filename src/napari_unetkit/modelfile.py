@@ -522,8 +522,8 @@ def _channel_choice(info: dict) -> str:
     return f" (channels {', '.join(map(str, stored['used']))} of {stored.get('of')})"
 
 
-def _instances_text(info: dict) -> str:
-    """One line on the stored instance settings, e.g. the watershed levels and their score."""
+def instances_summary(info: dict) -> str:
+    """One line on a description's instance settings and their validation F1 ("" if none)."""
     stored = info.get("instances")
     if not isinstance(stored, dict):
         return ""
@@ -596,7 +596,7 @@ def describe_model(description: Mapping) -> str:
         if epoch is not None:
             text += f" at epoch {epoch}"
         lines.append(text)
-    instances = _instances_text(info)
+    instances = instances_summary(info)
     if instances:
         lines.append(instances)
     shapes = info.get("data_shapes")
