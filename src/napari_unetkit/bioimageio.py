@@ -8,7 +8,8 @@ Export (:func:`export_package`) writes one zip file that ``bioimageio test`` acc
   architecture;
 - ``weights_torchscript.pt``: the same network traced to TorchScript;
 - ``weights.onnx``: the same network as ONNX (opset 17, dynamic batch and size), checked with
-  ``onnxruntime`` where that is installed; left out with a warning if PyTorch cannot export it;
+  ``onnxruntime`` where that is installed; left out with a warning without the ``onnx`` package
+  or if PyTorch cannot export it;
 - ``test_input.npy`` / ``test_output.npy``: a raw image and the probabilities this package's
   :class:`~napari_unetkit.prediction.Predictor` computes for it (float32);
 - ``cover.png`` and ``README.md`` (with a Validation section and how instances are obtained).
@@ -644,8 +645,9 @@ def _rdf(
 def _onnx_bytes(net: nn.Module, x: torch.Tensor, expected: np.ndarray) -> bytes | None:
     """Return ``net`` as ONNX (dynamic batch, height and width), or ``None`` with a warning.
 
-    Uses PyTorch's TorchScript-based exporter, which needs no other package. Where
-    ``onnxruntime`` is installed, the exported network must reproduce ``expected``.
+    Uses PyTorch's TorchScript-based exporter, which needs the ``onnx`` package (in the
+    ``bioimageio`` extra; without it the package has no ONNX weights). Where ``onnxruntime``
+    is installed, the exported network must reproduce ``expected``.
     """
     axes = {0: "batch", 2: "y", 3: "x"}
     buffer = io.BytesIO()
