@@ -230,6 +230,41 @@ class CancelOnInterrupt:
         self._previous.clear()
 
 
+def load_predictor(args: argparse.Namespace):
+    """Load ``predict``'s model with its options; refuse a tile size below the model's halo."""
+    from napari_unetkit.prediction import Predictor
+
+    predictor = Predictor.from_file(
+        args.model,
+        device=args.device,
+        tile_size=args.tile_size,
+        tta=args.tta,
+        border=args.border,
+        precision=args.precision,
+    )
+    if args.tile_size is not None and args.tile_size < predictor.halo:
+        raise CommandError(
+            f"--tile-size must be at least {predictor.halo} pixels for this model (the context "
+            "it reads on each side of a tile); smaller tiles mostly recompute that context and "
+            "are many times slower. Omit --tile-size to choose one automatically."
+        )
+    return predictor
+
+
+def refuse_colour_for_grey(name: object, shape: tuple[int, ...], in_channels: int) -> None:
+    """Refuse a colour image (3D, last axis of 3 or 4) for a greyscale model.
+
+    Such an image is not a stack of narrow slices; the message says what to do instead.
+    """
+    if in_channels == 1 and len(shape) == 3 and shape[-1] in (3, 4):
+        kind = "RGB" if shape[-1] == 3 else "RGBA"
+        raise CommandError(
+            f"{name} looks like a colour ({kind}) image of shape {shape}, but the model reads "
+            "greyscale images (1 channel); convert the image to greyscale or use a model "
+            "trained on colour images."
+        )
+
+
 def _channel_list(text: str) -> list[int]:
     """Parse ``--channels 0,1``."""
     try:
@@ -435,7 +470,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``unetkit predict``: labels (and probabilities) of an image with a trained model."""
     from napari_unetkit.io import read_image, write_tiff
-    from napari_unetkit.prediction import Predictor
 
     if cli_bigdata.wants_this(args):  # zarr output, a pattern or folder, a cluster
         return cli_bigdata.predict_command(args)
@@ -446,32 +480,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         inputs={"--image": args.image, "--model": args.model},
     )
     out, prob_out = outputs["--out"], outputs["--probabilities"]
-    predictor = Predictor.from_file(
-        args.model,
-        device=args.device,
-        tile_size=args.tile_size,
-        tta=args.tta,
-        border=args.border,
-        precision=args.precision,
-    )
-    if args.tile_size is not None and args.tile_size < predictor.halo:
-        raise CommandError(
-            f"--tile-size must be at least {predictor.halo} pixels for this model (the context "
-            "it reads on each side of a tile); smaller tiles mostly recompute that context and "
-            "are many times slower. Omit --tile-size to choose one automatically."
-        )
+    predictor = load_predictor(args)
     image = read_image(args.image)
     channel_axis = args.channel_axis
     if channel_axis is None:
         in_channels = predictor.input_channels[0]
         channel_axis = infer_channel_axis(image.shape, channels=in_channels)
-        if in_channels == 1 and image.ndim == 3 and image.shape[-1] in (3, 4):
-            kind = "RGB" if image.shape[-1] == 3 else "RGBA"
-            raise CommandError(
-                f"{args.image} looks like a colour ({kind}) image of shape {image.shape}, but "
-                "the model reads greyscale images (1 channel); convert the image to greyscale "
-                "or use a model trained on colour images."
-            )
+        refuse_colour_for_grey(args.image, tuple(image.shape), in_channels)
     display = TextProgress()
 
     def show(done: float, total: int) -> None:

@@ -133,16 +133,9 @@ def _predictor_options(args: argparse.Namespace) -> dict:
 
 
 def _predictor(args: argparse.Namespace):
-    from napari_unetkit.cli import CommandError
-    from napari_unetkit.prediction import Predictor
+    from napari_unetkit.cli import load_predictor
 
-    predictor = Predictor.from_file(args.model, **_predictor_options(args))
-    if args.tile_size is not None and args.tile_size < predictor.halo:  # as cmd_predict
-        raise CommandError(
-            f"--tile-size must be at least {predictor.halo} pixels for this model (the context "
-            "it reads on each side of a tile). Omit --tile-size to choose one automatically."
-        )
-    return predictor
+    return load_predictor(args)
 
 
 def _client(args: argparse.Namespace, stack: ExitStack):
@@ -165,7 +158,12 @@ def _client(args: argparse.Namespace, stack: ExitStack):
 def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
     """Predict one image into a zarr store, with a progress line; print what was done."""
     from napari_unetkit import batch, chunked
-    from napari_unetkit.cli import CancelOnInterrupt, CommandError, TextProgress
+    from napari_unetkit.cli import (
+        CancelOnInterrupt,
+        CommandError,
+        TextProgress,
+        refuse_colour_for_grey,
+    )
 
     if not out.parent.is_dir():
         raise CommandError(f"The folder {out.parent} does not exist; create it first.")
@@ -173,15 +171,8 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
         channel_axis = args.channel_axis
         if channel_axis is None:
             channel_axis = batch.channel_axis_of(lazy, predictor.input_channels[0])
-            shape = tuple(lazy.array.shape)
-            # As cmd_predict: a colour image is not a stack of (X, 3) slices.
-            grey = predictor.input_channels[0] == 1 and lazy.axes is None
-            if grey and len(shape) == 3 and shape[-1] in (3, 4):
-                raise CommandError(
-                    f"{image} looks like a colour image of shape {shape}, but the model reads "
-                    "greyscale images (1 channel); convert it to greyscale or use a model "
-                    "trained on colour images."
-                )
+            if lazy.axes is None:  # OME-Zarr axes say what each axis is
+                refuse_colour_for_grey(image, tuple(lazy.array.shape), predictor.input_channels[0])
         job = None
         if client is not None:
             job = chunked.worker_job(args.model, image, **_predictor_options(args))
