@@ -60,10 +60,8 @@ from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.postprocess import InstanceSettings, semantic_from_probabilities
 from napari_unetkit.prediction import (
     Predictor,
-    _channel_message,
     _normalization_settings,
     _reflect_indices,
-    _selected_slices,
 )
 from napari_unetkit.progress import Cancelled, check_cancel
 
@@ -510,13 +508,7 @@ def prepare(
     kind = predictor._resolve_output(output, False)
     post = predictor.post_settings(threshold, min_size, instances).to_dict()
     shape = tuple(image.shape)
-    if 0 in shape:
-        raise ValueError(f"The image is empty (shape {shape}): choose an image with pixels.")
-    expected, pick = predictor.input_channels
-    found = layout.n_channels(shape, channel_axis)
-    if found != expected:
-        raise ValueError(_channel_message(expected, found, shape, channel_axis))
-    indices = _selected_slices(shape, channel_axis, slices)
+    pick, indices = predictor.check_input(shape, channel_axis, slices)
     labels_shape = layout.labels_shape(shape, channel_axis)
     chunks = output_chunks(labels_shape, chunk)
     units = plan_units(labels_shape, chunks, indices, block, plane_pixels)

@@ -230,6 +230,20 @@ class CancelOnInterrupt:
         self._previous.clear()
 
 
+def prediction_progress_printer(unit: str) -> Callable[[float, int], None]:
+    """Return a ``progress(done, total)`` callback drawing a bar and ``unit n/total``."""
+    display = TextProgress()
+
+    def show(done: float, total: int) -> None:
+        display.show(
+            f"predicting {TextProgress.bar(int(done * 100), total * 100)} "
+            f"{unit} {min(int(done) + 1, total)}/{total}",
+            force=done >= total,
+        )
+
+    return show
+
+
 def load_predictor(args: argparse.Namespace):
     """Load ``predict``'s model with its options; refuse a tile size below the model's halo."""
     from napari_unetkit.prediction import Predictor
@@ -487,15 +501,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         in_channels = predictor.input_channels[0]
         channel_axis = infer_channel_axis(image.shape, channels=in_channels)
         refuse_colour_for_grey(args.image, tuple(image.shape), in_channels)
-    display = TextProgress()
-
-    def show(done: float, total: int) -> None:
-        display.show(
-            f"predicting {TextProgress.bar(int(done * 100), total * 100)} "
-            f"slice {min(int(done) + 1, total)}/{total}",
-            force=done >= total,
-        )
-
+    show = prediction_progress_printer("slice")
     with CancelOnInterrupt() as cancel:
         result = predictor.predict(
             image,

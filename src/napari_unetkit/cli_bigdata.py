@@ -161,7 +161,7 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
     from napari_unetkit.cli import (
         CancelOnInterrupt,
         CommandError,
-        TextProgress,
+        prediction_progress_printer,
         refuse_colour_for_grey,
     )
 
@@ -184,15 +184,7 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
             "image": str(image.resolve()),
             "predictor": _predictor_options(args),
         }
-        display = TextProgress()
-
-        def show(done: float, total: int) -> None:
-            display.show(
-                f"predicting {TextProgress.bar(int(done * 100), total * 100)} "
-                f"part {min(int(done) + 1, total)}/{total}",
-                force=done >= total,
-            )
-
+        show = prediction_progress_printer("part")
         with CancelOnInterrupt() as cancel:
             result = chunked.predict_to_zarr(
                 predictor,

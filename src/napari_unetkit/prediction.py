@@ -853,13 +853,7 @@ class Predictor:
             image = np.asarray(image)
         shape = tuple(image.shape)
         check_image_dtype(image.dtype)
-        if 0 in shape:
-            raise ValueError(f"The image is empty (shape {shape}): choose an image with pixels.")
-        expected, pick = self.input_channels
-        found = layout.n_channels(shape, channel_axis)
-        if found != expected:
-            raise ValueError(_channel_message(expected, found, shape, channel_axis))
-        indices = _selected_slices(shape, channel_axis, slices)
+        pick, indices = self.check_input(shape, channel_axis, slices)
         settings = _normalization_settings(self.description)
         low, high = image_percentiles(image, channel_axis, settings)
         low, high = low[pick], high[pick]
@@ -991,6 +985,25 @@ class Predictor:
             ``int32`` labels ``0..N`` of ``fg_prob``'s shape.
         """
         return postprocess.instances_from_probabilities(fg_prob, settings=settings)
+
+    def check_input(
+        self, shape: tuple[int, ...], channel_axis: int | None, slices=None
+    ) -> tuple[list[int] | slice, list[tuple[int, ...]]]:
+        """Check an image's shape for this model; return the channels read and the slices.
+
+        Raises
+        ------
+        ValueError
+            For an empty image, a channel count the model cannot read, or a slice index out
+            of range.
+        """
+        if 0 in shape:
+            raise ValueError(f"The image is empty (shape {shape}): choose an image with pixels.")
+        expected, pick = self.input_channels
+        found = layout.n_channels(shape, channel_axis)
+        if found != expected:
+            raise ValueError(_channel_message(expected, found, shape, channel_axis))
+        return pick, _selected_slices(shape, channel_axis, slices)
 
     def post_settings(
         self,

@@ -30,7 +30,6 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label
 from napari_unetkit import batch, layout
 from napari_unetkit._napari.layers import METADATA_KEY, image_data, placement, unique_name
 from napari_unetkit.device import describe_device
-from napari_unetkit.modelfile import describe_model
 from napari_unetkit.prediction import Predictor
 
 #: A result larger than this fraction of the available memory goes to a zarr store.
@@ -250,14 +249,7 @@ class BigDataOptions(Container):
         import dask.array as da
 
         source = context.image
-        info = {
-            "model": context.model.label,
-            "model_summary": describe_model(context.model.description),
-            "image": source.name,
-            "settings": context.settings.to_dict(),
-            "device": context.device,
-            "store": str(result.path),
-        }
+        info = {**context.layer_metadata(), "store": str(result.path)}
         added = []
         if result.output != "probabilities":
             labels = da.from_zarr(str(result.path / "0"))

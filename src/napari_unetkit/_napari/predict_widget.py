@@ -153,6 +153,16 @@ class RunContext:
     device: str = ""
     tiles_per_slice: int = 1
 
+    def layer_metadata(self) -> dict:
+        """Where a result layer comes from: model, its summary, image, settings, device."""
+        return {
+            "model": self.model.label,
+            "model_summary": describe_model(self.model.description),
+            "image": self.image.name,
+            "settings": self.settings.to_dict(),
+            "device": self.device,
+        }
+
 
 # ------------------------------------------------------------------------------ model loading
 
@@ -327,13 +337,7 @@ def add_prediction_layers(
 ) -> list[Layer]:
     """Add the labels (and probability) layers of a finished prediction; return them."""
     source = context.image
-    info = {
-        "model": context.model.label,
-        "model_summary": describe_model(context.model.description),
-        "image": source.name,
-        "settings": context.settings.to_dict(),
-        "device": context.device,
-    }
+    info = context.layer_metadata()
     added = []
     if result.labels is not None:
         added.append(
