@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test lint format validate benchmarks benchmark-data docs-images system-deps clean
+.PHONY: demo test test-fast lint format validate benchmarks benchmark-data docs-images system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("napari-unetkit needs Python >= 3.10" if sys.version_info < (3, 10) else 0)'
@@ -34,6 +34,10 @@ test: $(VENV)/.installed-testing
 	$(BIN)/ruff format --check .
 	$(BIN)/npe2 validate napari-unetkit --imports
 	$(BIN)/python -m pytest
+
+## The edit-test loop: engine tests without the slow ones and without a viewer (under a minute).
+test-fast: $(VENV)/.installed-testing
+	$(BIN)/python -m pytest -m "not slow and not gui" -q
 
 lint: $(VENV)/.installed-testing
 	$(BIN)/ruff check .

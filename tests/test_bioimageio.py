@@ -24,6 +24,9 @@ from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.synthetic import synthetic_nuclei
 
+# Exporting and test-running packages takes seconds per test: outside `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # bioimageio.core loads TorchScript weights with torch.jit.load, which PyTorch now deprecates.
 JIT_LOAD = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
@@ -188,16 +191,19 @@ def _bioimageio_test(package: Path):
     return summary
 
 
+@pytest.mark.slow
 @JIT_LOAD
 def test_instance_package_passes_bioimageio_test(instance_package):
     _bioimageio_test(instance_package)
 
 
+@pytest.mark.slow
 @JIT_LOAD
 def test_class_package_passes_bioimageio_test(class_package):
     _bioimageio_test(class_package)
 
 
+@pytest.mark.slow
 @JIT_LOAD
 def test_scale_range_reproduces_percentile_normalization(class_package):
     core = pytest.importorskip("bioimageio.core")
@@ -222,6 +228,7 @@ def test_scale_range_reproduces_percentile_normalization(class_package):
             np.testing.assert_allclose(theirs, ours, rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torchscript_runs_without_this_package(instance_package, tmp_path):
     script = """
 import io, sys, zipfile

@@ -171,6 +171,7 @@ def write_zarr(path, image, chunks):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["components", "watershed"])
 def test_blocks_give_the_in_memory_instances_without_a_full_read(
     trained, tmp_path, monkeypatch, method
@@ -269,6 +270,7 @@ def test_the_models_channel_choice_is_repeated(tmp_path):
 # ---------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_with_the_identical_result(trained, tmp_path):
     image = nuclei_image((96, 96), seed=4)
     predictor = predictor_for(trained)

@@ -61,6 +61,7 @@ def test_evaluate_command_prints_json(nuclei, capsys):
     assert printed == pytest.approx(evaluate(labels, shifted))
 
 
+@pytest.mark.slow
 def test_train_then_predict(nuclei, capsys):
     folder, image, _ = nuclei
     model = folder / "cells"
@@ -130,6 +131,7 @@ def test_channel_axis_inference(image_shape, channels, labels_shape, expected):
     assert infer_channel_axis(image_shape, channels, labels_shape) == expected
 
 
+@pytest.mark.slow
 def test_train_on_chosen_channels_and_predict_with_them(nuclei, capsys):
     folder, image, _ = nuclei
     rgb = np.stack([image, np.zeros_like(image), image], axis=-1)
@@ -154,6 +156,7 @@ def test_train_on_chosen_channels_and_predict_with_them(nuclei, capsys):
     assert "channel numbers separated by commas" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_uses_the_model_s_instance_settings_unless_overridden(nuclei, capsys):
     folder, image, _ = nuclei
     model = folder / "m.unet"

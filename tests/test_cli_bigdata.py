@@ -90,6 +90,7 @@ def test_probabilities_without_a_name_need_a_zarr_or_folder_output(model_file, t
     assert not (tmp_path / "o.tif").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_batch_reports_a_broken_file_and_goes_on(model_file, tmp_path, capsys):
     plate = tmp_path / "plate"
     plate.mkdir()
@@ -143,6 +144,7 @@ def test_no_match_is_one_line(model_file, tmp_path, capsys):
 # ----------------------------------------------------------------------------- distributed
 
 
+@pytest.mark.slow
 def test_two_workers_equal_one_process(model_file, tmp_path):
     distributed = pytest.importorskip("distributed")
     image = synthetic_nuclei((96, 80), seed=3)[0]
@@ -173,6 +175,7 @@ def test_two_workers_equal_one_process(model_file, tmp_path):
     assert all(kinds == ["image", "predictor", "store"] for kinds in workers.values())
 
 
+@pytest.mark.slow
 def test_a_cluster_run_stopped_half_way_resumes_to_the_same_result(model_file, tmp_path):
     distributed = pytest.importorskip("distributed")
     image = synthetic_nuclei((64, 96), seed=6)[0]
@@ -211,6 +214,7 @@ def test_a_cluster_run_stopped_half_way_resumes_to_the_same_result(model_file, t
     )
 
 
+@pytest.mark.slow
 def test_workers_option_runs_a_local_cluster(model_file, tmp_path):
     pytest.importorskip("distributed")
     image = synthetic_nuclei((64, 48), seed=4)[0]

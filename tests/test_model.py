@@ -32,6 +32,7 @@ def _seed():
 @pytest.mark.parametrize(
     "size", [(5, 7), (1, 1), (2, 3), (17, 31), (33, 20), (4, 400), (400, 4), (16, 16), (48, 64)]
 )
+@pytest.mark.slow
 def test_output_has_input_size(size):
     model = UNet(small(depth=3)).eval()
     out = logits(model, (2, 1, *size))
@@ -39,6 +40,7 @@ def test_output_has_input_size(size):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
 def test_depths(depth):
     model = UNet(UNetConfig(depth=depth, base_channels=2)).eval()
@@ -169,6 +171,7 @@ def test_parameter_count_grows_with_width_and_depth():
     assert model.n_parameters == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
 @pytest.mark.parametrize("upsampling", ["transpose", "bilinear"])
 def test_gradient_reaches_every_parameter(norm, upsampling):
@@ -232,6 +235,7 @@ def measured_halo(model: UNet, width: int) -> int:
     ],
     ids=["d2", "d3-head3", "d2-bilinear-nonorm", "d3-bilinear", "d4"],
 )
+@pytest.mark.slow
 def test_receptive_halo_matches_perturbation(config):
     model = UNet(config).double().eval()
     with torch.no_grad():  # give BatchNorm non-trivial eval statistics

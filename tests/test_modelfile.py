@@ -58,6 +58,7 @@ def test_round_trip_gives_same_outputs(saved):
     assert "T" in description["created"]
 
 
+@pytest.mark.slow
 def test_loading_and_predicting_stay_light(saved):
     """Checking a file builds the network on the meta device, which must not pull in the
     compiler stack (sympy and some 900 modules, 150 MiB): a fresh process loads the model and
@@ -78,6 +79,7 @@ def test_loading_and_predicting_stay_light(saved):
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_save_is_atomic_and_names_the_file(tmp_path):
     model = trained_like()
     path = save_model(tmp_path / "model", model, {})

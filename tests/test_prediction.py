@@ -228,6 +228,7 @@ def test_predict_slice_keeps_only_the_requested_classes():
             predictor.predict_slice(image, classes=bad)
 
 
+@pytest.mark.slow
 def test_instance_model_outputs_agree_with_its_full_probabilities(trained, nuclei_stack):
     """Instance outputs use the foreground alone; semantic ones still see both classes."""
     predictor = Predictor(trained, description(trained.config), device="cpu")
@@ -245,6 +246,7 @@ def test_instance_model_outputs_agree_with_its_full_probabilities(trained, nucle
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("border", ["network", "mirror"])
 @pytest.mark.parametrize("depth", [3, 4])
 def test_tiled_prediction_matches_whole_image(trained, depth, border):

@@ -197,6 +197,7 @@ def _f1_on(model, description, image, labels) -> float:
     return match_instances(labels, result.labels, 0.5).f1
 
 
+@pytest.mark.slow
 def test_training_learns_synthetic_nuclei(tmp_path):
     train_pairs = sample_pairs(3, (128, 128), seed=21)
     image, labels = synthetic_nuclei((128, 128), seed=22)
@@ -259,6 +260,7 @@ def test_cancel_during_preparation_raises(pairs):
         train(pairs, tiny(), cancel=cancel)
 
 
+@pytest.mark.slow
 def test_time_limit_stops_training(prepared):
     events = []
     config = tiny(epochs=None, time_limit=2.0, steps_per_epoch=5)
@@ -275,6 +277,7 @@ def test_epochs_and_time_limit_whichever_comes_first(prepared):
     assert result.stopped_by == "epochs" and result.epochs_run == 2
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_losses(prepared):
     config = tiny(epochs=2, steps_per_epoch=3, seed=7)
     first = train(prepared, config)
@@ -312,6 +315,7 @@ def test_resume_rejects_incompatible_data(prepared, tmp_path):
         train([(rgb, labels)], tiny(channel_axis=-1, val_fraction=0.0), resume=first.model_path)
 
 
+@pytest.mark.slow
 def test_slice_wise_training_on_a_stack(tmp_path):
     image, labels = synthetic_stack(n_slices=6, shape=(64, 64), seed=2)
     result = train([(image, labels)], tiny(epochs=2), out=tmp_path / "s.unet")
@@ -336,6 +340,7 @@ def _scribbles(labels: np.ndarray) -> np.ndarray:
     return scribbles
 
 
+@pytest.mark.slow
 def test_classes_mode_learns_from_scribbles():
     image, labels = synthetic_nuclei((128, 128), seed=5)
     scribbles = _scribbles(labels)
@@ -465,6 +470,7 @@ def test_progress_reports_every_step_and_stage(prepared, tmp_path):
     assert last.metrics["val_f1"] == result.history[-1]["val_f1"]
 
 
+@pytest.mark.slow
 def test_instance_settings_are_calibrated_on_validation_and_stored(tmp_path):
     train_pairs = sample_pairs(2, (96, 96), seed=31)
     validation = [synthetic_nuclei((96, 96), seed=32)]
@@ -502,6 +508,7 @@ def test_classes_models_store_no_instance_settings(tmp_path):
     assert result.description["calibration"] is None
 
 
+@pytest.mark.slow
 def test_a_channel_choice_is_stored_and_repeated_at_prediction(tmp_path):
     image, labels = synthetic_nuclei((96, 96), seed=41)
     rgb = np.stack([image, np.zeros_like(image), np.zeros_like(image)], axis=-1)

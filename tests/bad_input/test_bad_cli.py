@@ -151,6 +151,7 @@ def test_train_refuses_bad_files_and_resume_models(tmp_path, capsys, grey_model)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_train_accepts_rgb_and_tiny_images(tmp_path, capsys):
     rgb = save(tmp_path, "rgb.tif", np.stack([IMAGE] * 3, axis=-1))
     labels = save(tmp_path, "labels.tif", LABELS)
@@ -285,6 +286,7 @@ def _command(kind: str, folder: pathlib.Path, model: pathlib.Path, out: pathlib.
     return ["weightmap", "--labels", labels, "--out", out]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["train", "predict"])
 def test_existing_output_is_refused_unless_overwrite(kind, tmp_path, capsys, grey_model):
     out = tmp_path / ("m.unet" if kind == "train" else "out.tif")

@@ -75,6 +75,7 @@ except FileExistsError:
 """
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_new_name(tmp_path):
     """Several real processes race for one name: exactly one wins, the others are refused."""
     target = tmp_path / "same.tif"

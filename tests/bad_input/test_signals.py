@@ -67,6 +67,7 @@ def training_files(folder: pathlib.Path) -> list:
     return ["train", "--image", folder / "image.npy", "--labels", folder / "labels.npy"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_step_saves_nothing(tmp_path):
     out = untrained_model(tmp_path / "old.unet")
     previous = out.read_bytes()
@@ -84,6 +85,7 @@ def test_ctrl_c_before_the_first_step_saves_nothing(tmp_path):
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGHUP])
 def test_sigterm_and_sighup_stop_training_and_keep_the_best_model(signum, tmp_path):
     out = tmp_path / "m.unet"
@@ -100,6 +102,7 @@ def test_sigterm_and_sighup_stop_training_and_keep_the_best_model(signum, tmp_pa
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_model_save_finishes_it_and_stops(tmp_path):
     out = tmp_path / "m.unet"
     args = [*training_files(tmp_path), "--out", out, "--epochs", "3", *TINY]
@@ -114,6 +117,7 @@ def test_sigterm_during_a_model_save_finishes_it_and_stops(tmp_path):
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signals", [[signal.SIGINT, signal.SIGINT]])
 def test_a_second_signal_during_a_model_save_aborts_and_keeps_the_previous_model(signals, tmp_path):
     out = tmp_path / "m.unet"
@@ -131,6 +135,7 @@ def test_a_second_signal_during_a_model_save_aborts_and_keeps_the_previous_model
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigterm_while_writing_a_tiff_keeps_the_old_file(tmp_path):
     model = untrained_model(tmp_path / "m.unet")
     np.save(tmp_path / "image.npy", cells((32, 32))[0])
@@ -166,6 +171,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_torch_is_still_importing(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(SRC))
     args = ["evaluate", "--truth", "a.npy", "--pred", "b.npy"]
