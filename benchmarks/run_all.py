@@ -150,11 +150,11 @@ SECTIONS = (
         "the same image: `float32` is the plain network's function to float32 rounding, "
         "`mixed` (the default where the CPU computes bfloat16 natively) runs the levels below "
         "the three finest in bfloat16, `half` everything (see "
-        "`src/napari_unetkit/precision.py`). The matrix-multiply peak is the better of "
+        "`src/napari_unetkit/speed/precision.py`). The matrix-multiply peak is the better of "
         "`torch.mm` and the same product as a 1x1 convolution: on AMD processors `torch.mm` "
         "runs in MKL, which does not use AVX-512 there, and reaches about half of what "
         "oneDNN, the library of the network's convolutions, reaches.\n\n"
-        "What the predictor does (see `src/napari_unetkit/inference.py` and "
+        "What the predictor does (see `src/napari_unetkit/speed/inference.py` and "
         "`fused_layers.py`): an eval copy with batch norm folded into the convolutions, "
         "channels-last (NHWC) feature maps, no concatenation (each decoder's first "
         "convolution is split into a skip half and an up-sampled half whose outputs are "
@@ -251,7 +251,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    from napari_unetkit.precision import cpu_has_native_bfloat16
+    from napari_unetkit.speed.precision import cpu_has_native_bfloat16
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     capability = torch.backends.cpu.get_cpu_capability()

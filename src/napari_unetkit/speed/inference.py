@@ -21,15 +21,16 @@ faster:
   and adds the convolution of the up-sampled features in place. The concatenated map (twice
   the size of either input) is never allocated: 1.12x faster on a 1120 x 1120 tile, and at
   most three maps of the finest level are alive at once instead of five;
-- **no up-sampled map** at float32 levels (:class:`~napari_unetkit.fused_layers.UpsamplingConv`):
+- **no up-sampled map** at float32 levels
+  (:class:`~napari_unetkit.speed.fused_layers.UpsamplingConv`):
   the 2x2 stride-2 transposed convolution and the 3x3 convolution of its output are both
   linear, so they are one 2x2 convolution of the coarse map with four times the output
   channels (one block per output phase), whose blocks are interleaved into the decoder's map by
   four strided additions; at most two maps of the finest level are alive at once;
-- **ReLU applied by the convolution** (:class:`~napari_unetkit.fused_layers.ConvReLU`): on a
+- **ReLU applied by the convolution** (:class:`~napari_unetkit.speed.fused_layers.ConvReLU`): on a
   CPU oneDNN rectifies each convolution's output as it writes it, instead of a second pass over
   the map;
-- **16-bit coarse levels** (``precision="mixed"``, see :mod:`napari_unetkit.precision`): the
+- **16-bit coarse levels** (``precision="mixed"``, see :mod:`napari_unetkit.speed.precision`): the
   levels from 3 down and the bottleneck run in bfloat16 (float16 on older GPUs) with their
   weights stored in that type, the three finest levels and the output layer in float32; each
   level casts its input to its own type. ``"half"`` runs every level in 16 bits.
@@ -55,7 +56,7 @@ transposed convolutions by a 1x1 convolution and a pixel shuffle (0.9x in NCHW, 
 NHWC); oneDNN's fused convolution + ReLU operator called eagerly
 (``torch.ops.mkldnn._convolution_pointwise``, with or without pre-packed weights: at most 5 %
 faster per convolution, nothing over the network, and an internal operator; on the Zen 5
-below it pays, see :class:`~napari_unetkit.fused_layers.ConvReLU`); NNPACK's Winograd
+below it pays, see :class:`~napari_unetkit.speed.fused_layers.ConvReLU`); NNPACK's Winograd
 convolutions for the levels with 64 channels or more (faster alone at 128 channels, slower over
 the network because of layout changes); ``torch.compile`` with freezing (about 1.15x faster than
 the eager channels-last copy, but 12 s of compilation with a warm cache and 60 s cold for every
@@ -70,7 +71,7 @@ spent on page faults about threefold for both the plain and the optimised model.
 
 On an AMD EPYC Zen 5 (AVX-512 with AVX512-BF16, 2 threads) the float32 copy ran 2.8-3.3x
 faster than the plain model on a whole 2048 x 2048 image, ``"mixed"`` another 1.2x and
-``"half"`` another 1.9-2.0x (accuracy in :mod:`napari_unetkit.precision`). There the fused
+``"half"`` another 1.9-2.0x (accuracy in :mod:`napari_unetkit.speed.precision`). There the fused
 up-sampling made the fused levels' up-sampling paths 1.2-1.45x faster (1.06x at the 32-channel
 level); in bfloat16 it was slower (PyTorch's strided bfloat16 additions run 8x slower than
 float32 ones), so 16-bit levels keep the two layers. With the fused ReLU as well, a 1120 x 1120
@@ -89,9 +90,9 @@ import itertools
 import torch
 from torch import nn
 
-from napari_unetkit.fused_layers import fuse_conv_relu, upsampling_conv
 from napari_unetkit.model import UNet, pad_to_multiple
-from napari_unetkit.precision import level_dtypes, reduced_dtype
+from napari_unetkit.speed.fused_layers import fuse_conv_relu, upsampling_conv
+from napari_unetkit.speed.precision import level_dtypes, reduced_dtype
 
 #: Device types on which the copy uses the channels-last memory format.
 CHANNELS_LAST_DEVICES = ("cpu", "cuda")
@@ -254,7 +255,7 @@ def inference_copy(
     device : torch.device, optional
         Where the copy runs (default: where ``model``'s first parameter is).
     precision : {"float32", "mixed", "half"}
-        A precision resolved by :func:`napari_unetkit.precision.resolve_precision`. Only a
+        A precision resolved by :func:`napari_unetkit.speed.precision.resolve_precision`. Only a
         :class:`~napari_unetkit.model.UNet` can run in reduced precision; any other module
         stays float32.
 
@@ -358,7 +359,7 @@ class InferenceUNet(nn.Module):
         The network (batch norms already folded, if wanted).
     dtypes : list of torch.dtype, optional
         The floating-point type of each level (see
-        :func:`napari_unetkit.precision.level_dtypes`): ``depth`` levels, then the
+        :func:`napari_unetkit.speed.precision.level_dtypes`): ``depth`` levels, then the
         bottleneck. The modules of a level are converted to its type and each level casts its
         input to it. Default: float32 throughout.
     """

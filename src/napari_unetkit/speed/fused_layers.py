@@ -6,8 +6,8 @@
   (a post-op), instead of in a second pass over the map.
 
 Both compute the same function as the layers they replace, to float rounding (the ReLU fusion
-is exact). :func:`napari_unetkit.inference.inference_copy` builds them; the trained model never
-contains them.
+is exact). :func:`napari_unetkit.speed.inference.inference_copy` builds them; the trained
+model never contains them.
 """
 
 from __future__ import annotations
