@@ -8,16 +8,13 @@ The network
     Every prediction runs :func:`napari_unetkit.speed.inference.inference_copy` of the model (eval
     mode, batch norm folded into the convolutions, channels-last memory format on CPU and CUDA,
     decoders without concatenation), kept while the model's weights are unchanged; the model
-    itself is never modified or switched to eval mode. On a 2-core AMD EPYC (AVX2) the copy
-    ran the default network 1.8-2.6x faster than the plain eager model on the same input, see
-    ``benchmarks/inference.py``.
+    itself is never modified or switched to eval mode.
 
 Precision
     ``precision="auto"`` (default) runs the coarse levels in 16 bits where the hardware does
-    that natively (CUDA; CPUs with AVX512-BF16 or AMX) and everything in float32 elsewhere; see
-    :mod:`napari_unetkit.speed.precision` for the measured accuracy (probabilities within 0.01 of
-    float32 in every measurement, the same instances) and speed. ``"float32"`` reproduces the
-    plain network to float32 rounding on every machine.
+    that natively (CUDA; CPUs with AVX512-BF16 or AMX) and everything in float32 elsewhere (see
+    :mod:`napari_unetkit.speed.precision`). ``"float32"`` reproduces the plain network to
+    float32 rounding on every machine.
 
 Streaming
     :meth:`Predictor.predict` computes the normalisation percentiles over the whole image (the
@@ -30,6 +27,8 @@ Streaming
     C heaps of the threads involved give their free pages back to the system
     (:func:`napari_unetkit.speed.memory.release_free_memory`), else each would keep the largest
     amount it ever held.
+
+How fast each part is and why it is built this way: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -73,12 +72,10 @@ from napari_unetkit.tiling import (
     tile_layout,
 )
 
-#: Default number of tiles per forward pass (on CPU, two 704 px tiles per pass were no faster
-#: than one and doubled the activation memory).
+#: Default number of tiles per forward pass (on CPU more tiles per pass only cost memory).
 DEFAULT_BATCH_CPU = 1
 DEFAULT_BATCH_CUDA = 4
-#: Overlap reading and post-processing of neighbouring slices with the network (a stack):
-#: 1.05-1.14x faster for 8 x 1024 x 1024 on two busy cores.
+#: Overlap reading and post-processing of neighbouring slices with the network (a stack).
 OVERLAP_SLICES = True
 #: Flips averaged by test-time augmentation (dims of an ``(N, C, Y, X)`` tensor).
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))

@@ -21,36 +21,26 @@ Image border (``border``)
     get context on their inner sides only, so a slice that fits one tile costs one plain pass.
     This is also what training validation computes for small slices. ``"mirror"``: the paper's
     choice, context beyond the border is the image mirrored by the halo, so border pixels see
-    image-like context; it costs ``((core + 2 halo) / core)**2`` times the work even for a slice
-    that fits one tile (1.41x for a 1024 px core, 1.89x for 512 px) and changes probabilities
-    within about a halo of the border (by up to 0.8 with a briefly trained default network;
-    instance F1 on synthetic nuclei was the same to 0.002).
+    image-like context; it costs ``((core + 2 halo) / core)**2`` times the work even for a
+    slice that fits one tile, and changes probabilities within about a halo of the border.
 
-Default halo
+Halo
     Tiles start on multiples of ``2**depth``, so a core pixel needs less context than the
-    worst-case receptive field of :func:`napari_unetkit.model.receptive_halo` (107 px for the
-    default depth 4): :func:`exact_halo` (94 px for depth 4) makes tiled and whole-image
-    prediction identical. Measured on a 512 x 512 ``synthetic_nuclei`` image with a depth-4,
-    16-channel batch-norm U-Net and 128 px tile cores, the largest probability difference
-    between tiled and whole-image prediction for halos 0 / 16 / 32 / 48 / 64 / 80 / 96 px was
-    0.41 / 0.18 / 0.13 / 0.080 / 0.031 / 0.012 / 0 with random weights (batch-norm statistics
-    from five training-mode passes) and 0.82 / 0.14 / 0.081 / 0.021 / 0.0061 / 0.0016 / 0 after
-    60 Adam steps. With bilinear up-sampling (exact halo 110 px) random weights gave 0.036 /
-    0.0063 / 0.0010 / 6e-7 for 64 / 80 / 96 / 112 px; a random depth-5 network (exact halo
-    190 px) gave 0.16 / 0.12 / 0.038 / 0.011 for 64 / 96 / 128 / 160 px, so a fixed cap near
-    100 px is not enough for deeper networks. The default, :func:`default_halo`, is
-    ``min(exact_halo, DEFAULT_MAX_HALO)`` with ``DEFAULT_MAX_HALO = 192``, rounded up to a
-    multiple of ``2**depth``: 96 px (exact) for the default depth 4, exact up to depth 5 with
-    transposed convolutions, and bounded for deeper networks. A smaller ``halo`` trades seam
-    accuracy for speed (a 512 px core reads a 704 px tile with 96 px, 640 px with 64 px).
-    These measurements compared with the mirrored whole-image reference (``border="mirror"``);
-    the halo plays the same role between tiles with ``border="network"``.
+    worst-case receptive field of :func:`napari_unetkit.model.receptive_halo`:
+    :func:`exact_halo` is the smallest halo that makes tiled and whole-image prediction
+    identical. The default, :func:`default_halo`, is ``min(exact_halo, DEFAULT_MAX_HALO)``
+    rounded up to a multiple of ``2**depth``: exact for the default depth 4 (96 px) and up to
+    depth 5 with transposed convolutions, bounded for deeper networks. A smaller halo trades
+    seam accuracy for speed.
 
 Automatic tile size
     See :func:`auto_tile_size`: the largest core whose input tile (core plus both halos) fits a
     memory budget under a rough per-pixel activation estimate, clamped to
     ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CPU]`` on CPU/MPS and ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CUDA]``
     on CUDA, where the budget is a fraction of the free GPU memory.
+
+The measurements behind the default halo, the tile sizes and the border:
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -68,12 +58,9 @@ from napari_unetkit.model import UNetConfig, pad_to_multiple, receptive_interval
 Border = Literal["network", "mirror"]
 BORDERS = ("network", "mirror")
 
-#: Upper bound of the default halo in pixels (see the module docstring for the measurement).
+#: Upper bound of the default halo in pixels (exact up to depth 5).
 DEFAULT_MAX_HALO = 192
-#: Smallest and largest automatic tile core sizes in pixels. On CPU, 1024 px cores made a
-#: 2048 x 2048 image 1.2x faster than 512 px ones (the halos cost less) and a 1024 x 1024 slice
-#: one tile without halo; a 1024 px core with 96 px halos on both sides needs about 0.5 GiB of
-#: float32 activations for the default network (measured peak about 340 bytes per pixel).
+#: Smallest and largest automatic tile core sizes in pixels (a 1024 x 1024 slice is one tile).
 MIN_AUTO_TILE = 128
 MAX_AUTO_TILE_CPU = 1024
 MAX_AUTO_TILE_CUDA = 1024

@@ -63,12 +63,9 @@ def _choice(value: Any, name: str, options: Sequence[str]) -> None:
 class TrainConfig:
     """Every setting of a training run (JSON round trip with :meth:`to_dict` / :meth:`from_dict`).
 
-    The defaults suit a CPU. Measured with benchmarks/training_speed.py on 3 synthetic
-    256 x 256 nuclei images (1 more for validation) with a 2-minute time limit: one step of the
-    default network (depth 4, 16 base channels, 128 px patches, batches of 8) takes about 0.45 s
-    on two idle cores (about 17 patches/s); with AdamW at 2e-3 the validation instance F1
-    passed 0.9 after 20-50 steps (23 s on two cores, 18-25 s on one) and reached 0.99-1.0. At
-    1e-3 it took 40-50 steps and ended at 0.97-1.0, with a higher validation loss.
+    The defaults suit a CPU: the default network reaches a validation instance F1 of 0.9 on
+    the synthetic nuclei within the demo's budget on two cores (how they were chosen:
+    ``docs/performance.md``; current figures: ``docs/benchmarks.md``).
 
     Parameters
     ----------
@@ -127,9 +124,8 @@ class TrainConfig:
         ``"auto"`` (CUDA, then Apple MPS, then CPU) or an explicit device.
     amp : bool or None
         Mixed precision (autocast); ``None``: on for CUDA and for CPUs that compute bfloat16
-        natively (AVX512-BF16 or AMX, :func:`napari_unetkit.precision.cpu_has_native_bfloat16`;
-        1.6x more steps in the same time on a 2-core Zen 5, with the same validation scores),
-        off elsewhere.
+        natively (AVX512-BF16 or AMX,
+        :func:`napari_unetkit.speed.precision.cpu_has_native_bfloat16`), off elsewhere.
     amp_dtype : {"bf16", "fp16"} or None
         Reduced-precision type; ``None`` picks bfloat16 on CPUs and on CUDA GPUs that support
         it, else float16 (with loss scaling).

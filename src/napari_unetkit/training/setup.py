@@ -232,8 +232,8 @@ def _build_model(
         torch.manual_seed(config.seed)
         model = UNet(config.model_config(data.in_channels, data.n_classes)).to(device)
     if uses_channels_last(device):
-        # NHWC weights and batches: oneDNN / cuDNN skip reordering every feature map (1.36x
-        # per step on a 2-core Zen 5 CPU). Saved model files are contiguous either way.
+        # NHWC weights and batches: oneDNN / cuDNN skip reordering every feature map (see
+        # docs/performance.md). Saved model files are contiguous either way.
         model.to(memory_format=torch.channels_last)
     return model
 
