@@ -17,7 +17,7 @@ What it does, in one process, on the device ``"auto"`` picks (CUDA when there is
 3. on a 2048 x 2048 image (``--quick``: 1024 x 1024) of synthetic nuclei with exact labels,
    times the **plain baseline** (``model.eval()``, the whole image in one float32 eager call
    under ``torch.inference_mode``, no tiling) and the **Predictor** with its defaults
-   (``predict_slice``: the inference copy of :mod:`napari_unetkit.inference`, exact-halo
+   (``predict_slice``: the inference copy of :mod:`napari_unetkit.speed.inference`, exact-halo
    tiles, ``precision="auto"``), alternating them and keeping the fastest of ``REPEATS`` runs
    each; then compares their probabilities and the instance F1 (IoU 0.5) of the labels each
    gives (``instances_from_probabilities``, defaults) against the truth. The same for each
@@ -60,14 +60,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_unetkit.device import describe_device, resolve_device
-from napari_unetkit.inference import fold_all_batch_norms, inference_copy
-from napari_unetkit.memory import release_free_memory
 from napari_unetkit.metrics import evaluate
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.postprocess import instances_from_probabilities
-from napari_unetkit.precision import computes_16bit_natively, reduced_dtype
 from napari_unetkit.prediction import Predictor
+from napari_unetkit.speed.inference import fold_all_batch_norms, inference_copy
+from napari_unetkit.speed.memory import release_free_memory
+from napari_unetkit.speed.precision import computes_16bit_natively, reduced_dtype
 from napari_unetkit.synthetic import synthetic_nuclei
 from napari_unetkit.training import TrainConfig, train
 

@@ -160,11 +160,11 @@ SECTIONS = (
         "the same image: `float32` is the plain network's function to float32 rounding, "
         "`mixed` (the default where the CPU computes bfloat16 natively) runs the levels below "
         "the three finest in bfloat16, `half` everything (see "
-        "`src/napari_unetkit/precision.py`). The matrix-multiply peak is the better of "
+        "`src/napari_unetkit/speed/precision.py`). The matrix-multiply peak is the better of "
         "`torch.mm` and the same product as a 1x1 convolution: on AMD processors `torch.mm` "
         "runs in MKL, which does not use AVX-512 there, and reaches about half of what "
         "oneDNN, the library of the network's convolutions, reaches.\n\n"
-        "What the predictor does (see `src/napari_unetkit/inference.py` and "
+        "What the predictor does (see `src/napari_unetkit/speed/inference.py` and "
         "`fused_layers.py`): an eval copy with batch norm folded into the convolutions, "
         "channels-last (NHWC) feature maps, no concatenation (each decoder's first "
         "convolution is split into a skip half and an up-sampled half whose outputs are "
@@ -186,7 +186,8 @@ SECTIONS = (
         "past that is narrow: a bfloat16 convolution is at most about 1.75x a float32 one "
         "here (7.7 against 13.5 ms for 64 channels of 280 x 280), and computing level 2 or "
         "a finer one in bfloat16 moves probabilities by more than 0.01 on most trained "
-        "networks (up to 0.0155; see `precision.py`), mostly through the rounded weights. On "
+        "networks (up to 0.0155; see [performance.md](performance.md)), mostly through the "
+        "rounded weights. On "
         "a 2048 x 2048 image the halos make the tiles compute 1.20x the image's pixels, which "
         "a single whole-image tile avoids at about twice the working memory (the `one ... "
         "tile` line). Timings on this machine vary by 10-30 % from one call to the next "
@@ -261,7 +262,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    from napari_unetkit.precision import cpu_has_native_bfloat16
+    from napari_unetkit.speed.precision import cpu_has_native_bfloat16
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     capability = torch.backends.cpu.get_cpu_capability()

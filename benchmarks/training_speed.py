@@ -31,9 +31,9 @@ import torch
 
 from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.data import PatchSampler, prepare_training_data
-from napari_unetkit.inference import uses_channels_last
 from napari_unetkit.losses import training_loss
 from napari_unetkit.model import UNet, UNetConfig
+from napari_unetkit.speed.inference import uses_channels_last
 from napari_unetkit.synthetic import sample_pairs
 from napari_unetkit.training import TrainConfig, amp_settings, train
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unetkit.cli import infer_channel_axis, main
+from napari_unetkit.cli.commands import infer_channel_axis, main
 from napari_unetkit.metrics import evaluate
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.prediction import Predictor

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.profiler import profile
 
-from napari_unetkit.fused_layers import (
+from napari_unetkit.speed.fused_layers import (
     ConvReLU,
     UpsamplingConv,
     UpThenConv,

@@ -7,8 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from napari_unetkit.fused_layers import ConvReLU, UpsamplingConv, UpThenConv
-from napari_unetkit.inference import (
+from napari_unetkit.model import UNet, UNetConfig
+from napari_unetkit.normalization import NormalizationSettings
+from napari_unetkit.prediction import Predictor
+from napari_unetkit.speed.fused_layers import ConvReLU, UpsamplingConv, UpThenConv
+from napari_unetkit.speed.inference import (
     fold_all_batch_norms,
     fold_batch_norm,
     inference_copy,
@@ -16,9 +19,6 @@ from napari_unetkit.inference import (
     split_input_channels,
     state_fingerprint,
 )
-from napari_unetkit.model import UNet, UNetConfig
-from napari_unetkit.normalization import NormalizationSettings
-from napari_unetkit.prediction import Predictor
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

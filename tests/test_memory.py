@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_unetkit.memory import _malloc_trim, release_free_memory
+from napari_unetkit.speed.memory import _malloc_trim, release_free_memory
 
 MIB = 2**20
 

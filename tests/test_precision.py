@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unetkit import precision as precision_module
-from napari_unetkit.inference import InferenceUNet, inference_copy
 from napari_unetkit.model import UNet, UNetConfig
-from napari_unetkit.precision import (
+from napari_unetkit.prediction import Predictor
+from napari_unetkit.speed import precision as precision_module
+from napari_unetkit.speed.inference import InferenceUNet, inference_copy
+from napari_unetkit.speed.precision import (
     level_dtypes,
     reduced_dtype,
     resolve_precision,
 )
-from napari_unetkit.prediction import Predictor
 
 CPU = torch.device("cpu")
 F32, BF16 = torch.float32, torch.bfloat16

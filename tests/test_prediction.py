@@ -17,17 +17,16 @@ from napari_unetkit.normalization import (
     percentile_normalize,
 )
 from napari_unetkit.postprocess import instances_from_probabilities
-from napari_unetkit.prediction import (
+from napari_unetkit.prediction import PredictionResult, Predictor
+from napari_unetkit.progress import Cancelled
+from napari_unetkit.synthetic import synthetic_nuclei
+from napari_unetkit.tiling import (
     DEFAULT_MAX_HALO,
     MAX_AUTO_TILE_CPU,
-    PredictionResult,
-    Predictor,
     auto_tile_size,
     default_halo,
     exact_halo,
 )
-from napari_unetkit.progress import Cancelled
-from napari_unetkit.synthetic import synthetic_nuclei
 
 # ------------------------------------------------------------------------------------ helpers
 

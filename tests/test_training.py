@@ -410,9 +410,9 @@ def test_train_rejects_mismatched_prepared_data(prepared):
 
 
 def test_large_validation_slices_are_tiled(prepared, monkeypatch):
-    from napari_unetkit import training
+    from napari_unetkit.training import validation
 
-    monkeypatch.setattr(training, "MAX_DIRECT_VALIDATION_PIXELS", 32 * 32)
+    monkeypatch.setattr(validation, "MAX_DIRECT_VALIDATION_PIXELS", 32 * 32)
     image, labels = synthetic_nuclei((80, 80), seed=9)
     result = train(prepared, tiny(epochs=1), validation=[(image, labels)])
     assert 0.0 <= result.history[0]["val_f1"] <= 1.0
@@ -438,7 +438,8 @@ def test_cpu_bfloat16_autocast_when_asked(prepared):
 def test_cpu_mixed_precision_defaults_follow_native_bfloat16(
     monkeypatch, amp, amp_dtype, native, expected
 ):
-    from napari_unetkit import precision, training
+    from napari_unetkit import training
+    from napari_unetkit.speed import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: native)
     config = tiny(amp=amp, amp_dtype=amp_dtype)

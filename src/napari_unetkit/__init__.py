@@ -8,10 +8,8 @@ Importing the package asks PyTorch (on Linux) to back large CPU tensors with tra
 pages, unless the environment already says otherwise (``THP_MEM_ALLOC_ENABLE=0``). PyTorch
 reads the setting once, when it is first imported, so it takes effect only where
 ``napari_unetkit`` is imported before ``torch`` (the ``unetkit`` command and the napari plugin
-are). Every fresh feature map of a prediction otherwise costs one page fault per 4 KiB: on a
-2-core AMD EPYC Zen 5 huge pages cut the minor page faults of predicting a 1024 x 1024 image
-elevenfold and its time 1.5-1.7x (training steps, whose smaller maps the C heap reuses, were
-unchanged).
+are). Every fresh feature map of a prediction otherwise costs one page fault per 4 KiB
+(the measured effect: ``docs/performance.md``).
 """
 
 import os as _os

@@ -150,10 +150,10 @@ def run_batch(
 def channel_axis_of(lazy: bigio.LazyImage, channels: int) -> int | None:
     """Return the channel axis of an opened image: its ``c`` axis, else as the CLI guesses it.
 
-    See :func:`napari_unetkit.cli.infer_channel_axis` (the last or first axis of the model's
-    channel count, for models of more than one channel).
+    See :func:`napari_unetkit.cli.commands.infer_channel_axis` (the last or first axis of the
+    model's channel count, for models of more than one channel).
     """
-    from napari_unetkit.cli import infer_channel_axis
+    from napari_unetkit.cli.commands import infer_channel_axis
 
     if lazy.axes and "c" in lazy.axes:
         return lazy.axes.index("c")

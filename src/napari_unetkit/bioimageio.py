@@ -124,10 +124,10 @@ PROJECT_URL = "https://github.com/napari-unetkit/napari-unetkit"
 def tile_halo(config: UNetConfig) -> int:
     """Return the output halo packages declare: the predictor's default tile margin (pixels).
 
-    It is a multiple of ``2**depth`` (:func:`napari_unetkit.prediction.default_halo`), exact
+    It is a multiple of ``2**depth`` (:func:`napari_unetkit.tiling.default_halo`), exact
     (tiles equal whole-image prediction) up to depth 5 with transposed convolutions.
     """
-    from napari_unetkit.prediction import default_halo
+    from napari_unetkit.tiling import default_halo
 
     return default_halo(config)
 

@@ -58,12 +58,9 @@ from scipy import ndimage as ndi
 from napari_unetkit import bigio, layout
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.postprocess import InstanceSettings, semantic_from_probabilities
-from napari_unetkit.prediction import (
-    Predictor,
-    _normalization_settings,
-    _reflect_indices,
-)
+from napari_unetkit.prediction import Predictor, _normalization_settings
 from napari_unetkit.progress import Cancelled, check_cancel
+from napari_unetkit.tiling import reflect_indices
 
 #: Slices with at most this many pixels are one unit, labelled whole (as in memory).
 PLANE_PIXELS = 4096 * 4096
@@ -286,7 +283,7 @@ def window_reader(
         for (start, stop), (before, _), size in zip(
             (window[:2], window[2:]), pads, shape, strict=True
         ):
-            positions = _reflect_indices(start - before, stop - before, size)
+            positions = reflect_indices(start - before, stop - before, size)
             first, last = int(positions.min()), int(positions.max()) + 1
             axes.append((slice(first, last), positions - first, last - first))
         (rows, row_take, n_rows), (cols, col_take, n_cols) = axes

@@ -1,70 +1,20 @@
 """The one predictor: overlap-tile inference, batched tiles, flip TTA, slice streaming.
 
 Every front end (training validation, the CLI, the napari widgets) predicts through
-:class:`Predictor`.
-
-Overlap-tile strategy (Ronneberger et al. 2015)
-    A slice larger than one tile is cut into tiles whose *core* (at most ``tile_size`` pixels,
-    a multiple of the network's down-sampling factor ``2**depth``) is surrounded by up to
-    ``halo`` pixels of context on each side. Tiles run in batches (tiles of equal window shape
-    together) and only each tile's core is written back. The halo is a multiple of
-    ``2**depth`` too, so every tile sits on the same max-pooling grid as the whole image would,
-    and the tiled result matches a whole-image pass wherever the halo covers the network's
-    effective context.
-
-Image border (``border``)
-    ``"network"`` (default): the result is that of one plain call of the network on the whole
-    slice, ``model.eval()(image)``: the slice is padded only as :meth:`UNet.forward
-    <napari_unetkit.model.UNet.forward>` pads it (mirrored, up to a multiple of ``2**depth``),
-    every convolution zero-pads at the slice border as it does in training patches, and tiles
-    get context on their inner sides only, so a slice that fits one tile costs one plain pass.
-    This is also what training validation computes for small slices. ``"mirror"``: the paper's
-    choice, context beyond the border is the image mirrored by the halo, so border pixels see
-    image-like context; it costs ``((core + 2 halo) / core)**2`` times the work even for a slice
-    that fits one tile (1.41x for a 1024 px core, 1.89x for 512 px) and changes probabilities
-    within about a halo of the border (by up to 0.8 with a briefly trained default network;
-    instance F1 on synthetic nuclei was the same to 0.002).
+:class:`Predictor`. Where the tiles lie, their context (``halo``), the image border
+(``border``) and the automatic tile size are the geometry of :mod:`napari_unetkit.tiling`.
 
 The network
-    Every prediction runs :func:`napari_unetkit.inference.inference_copy` of the model (eval
+    Every prediction runs :func:`napari_unetkit.speed.inference.inference_copy` of the model (eval
     mode, batch norm folded into the convolutions, channels-last memory format on CPU and CUDA,
     decoders without concatenation), kept while the model's weights are unchanged; the model
-    itself is never modified or switched to eval mode. On a 2-core AMD EPYC (AVX2) the copy
-    ran the default network 1.8-2.6x faster than the plain eager model on the same input, see
-    ``benchmarks/inference.py``.
+    itself is never modified or switched to eval mode.
 
 Precision
     ``precision="auto"`` (default) runs the coarse levels in 16 bits where the hardware does
-    that natively (CUDA; CPUs with AVX512-BF16 or AMX) and everything in float32 elsewhere; see
-    :mod:`napari_unetkit.precision` for the measured accuracy (probabilities within 0.01 of
-    float32 in every measurement, the same instances) and speed. ``"float32"`` reproduces the
-    plain network to float32 rounding on every machine.
-
-Default halo
-    Tiles start on multiples of ``2**depth``, so a core pixel needs less context than the
-    worst-case receptive field of :func:`napari_unetkit.model.receptive_halo` (107 px for the
-    default depth 4): :func:`exact_halo` (94 px for depth 4) makes tiled and whole-image
-    prediction identical. Measured on a 512 x 512 ``synthetic_nuclei`` image with a depth-4,
-    16-channel batch-norm U-Net and 128 px tile cores, the largest probability difference
-    between tiled and whole-image prediction for halos 0 / 16 / 32 / 48 / 64 / 80 / 96 px was
-    0.41 / 0.18 / 0.13 / 0.080 / 0.031 / 0.012 / 0 with random weights (batch-norm statistics
-    from five training-mode passes) and 0.82 / 0.14 / 0.081 / 0.021 / 0.0061 / 0.0016 / 0 after
-    60 Adam steps. With bilinear up-sampling (exact halo 110 px) random weights gave 0.036 /
-    0.0063 / 0.0010 / 6e-7 for 64 / 80 / 96 / 112 px; a random depth-5 network (exact halo
-    190 px) gave 0.16 / 0.12 / 0.038 / 0.011 for 64 / 96 / 128 / 160 px, so a fixed cap near
-    100 px is not enough for deeper networks. The default, :func:`default_halo`, is
-    ``min(exact_halo, DEFAULT_MAX_HALO)`` with ``DEFAULT_MAX_HALO = 192``, rounded up to a
-    multiple of ``2**depth``: 96 px (exact) for the default depth 4, exact up to depth 5 with
-    transposed convolutions, and bounded for deeper networks. A smaller ``halo`` trades seam
-    accuracy for speed (a 512 px core reads a 704 px tile with 96 px, 640 px with 64 px).
-    These measurements compared with the mirrored whole-image reference (``border="mirror"``);
-    the halo plays the same role between tiles with ``border="network"``.
-
-Automatic tile size
-    See :func:`auto_tile_size`: the largest core whose input tile (core plus both halos) fits a
-    memory budget under a rough per-pixel activation estimate, clamped to
-    ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CPU]`` on CPU/MPS and ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CUDA]``
-    on CUDA, where the budget is a fraction of the free GPU memory.
+    that natively (CUDA; CPUs with AVX512-BF16 or AMX) and everything in float32 elsewhere (see
+    :mod:`napari_unetkit.speed.precision`). ``"float32"`` reproduces the plain network to
+    float32 rounding on every machine.
 
 Streaming
     :meth:`Predictor.predict` computes the normalisation percentiles over the whole image (the
@@ -75,16 +25,17 @@ Streaming
     the input, the outputs, two normalised slices, two slices of probabilities, the
     post-processing of one slice and the activations of one tile batch. Between slices the
     C heaps of the threads involved give their free pages back to the system
-    (:func:`napari_unetkit.memory.release_free_memory`), else each would keep the largest
+    (:func:`napari_unetkit.speed.memory.release_free_memory`), else each would keep the largest
     amount it ever held.
+
+How fast each part is and why it is built this way: ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -95,9 +46,7 @@ from torch import nn
 
 from napari_unetkit import layout, postprocess
 from napari_unetkit.device import resolve_device
-from napari_unetkit.inference import inference_copy, state_fingerprint, uses_channels_last
-from napari_unetkit.memory import release_free_memory
-from napari_unetkit.model import UNetConfig, pad_to_multiple, receptive_interval
+from napari_unetkit.model import UNetConfig
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.normalization import (
     NormalizationSettings,
@@ -105,31 +54,28 @@ from napari_unetkit.normalization import (
     check_image_dtype,
     image_percentiles,
 )
-from napari_unetkit.precision import Precision, describe_precision, resolve_precision
 from napari_unetkit.progress import check_cancel
+from napari_unetkit.speed.inference import inference_copy, state_fingerprint, uses_channels_last
+from napari_unetkit.speed.memory import release_free_memory
+from napari_unetkit.speed.precision import Precision, describe_precision, resolve_precision
+from napari_unetkit.tiling import (
+    BORDERS,
+    Border,
+    Tile,
+    TileGrid,
+    auto_tile_size,
+    axis_padding,
+    batches,
+    default_halo,
+    pad_slice,
+    round_up,
+    tile_layout,
+)
 
-#: Upper bound of the default halo in pixels (see the module docstring for the measurement).
-DEFAULT_MAX_HALO = 192
-#: Smallest and largest automatic tile core sizes in pixels. On CPU, 1024 px cores made a
-#: 2048 x 2048 image 1.2x faster than 512 px ones (the halos cost less) and a 1024 x 1024 slice
-#: one tile without halo; a 1024 px core with 96 px halos on both sides needs about 0.5 GiB of
-#: float32 activations for the default network (measured peak about 340 bytes per pixel).
-MIN_AUTO_TILE = 128
-MAX_AUTO_TILE_CPU = 1024
-MAX_AUTO_TILE_CUDA = 1024
-#: Memory the activations of one tile batch may use on CPU or MPS.
-CPU_MEMORY_BUDGET = 1024**3
-#: Fraction of the free CUDA memory one tile batch may use.
-CUDA_MEMORY_FRACTION = 0.5
-#: Rough number of full-resolution feature maps of ``base_channels`` alive at the peak of a
-#: forward pass (skip features, concatenation, convolution outputs, the coarser levels).
-ACTIVATION_MAPS = 8
-#: Default number of tiles per forward pass (on CPU, two 704 px tiles per pass were no faster
-#: than one and doubled the activation memory).
+#: Default number of tiles per forward pass (on CPU more tiles per pass only cost memory).
 DEFAULT_BATCH_CPU = 1
 DEFAULT_BATCH_CUDA = 4
-#: Overlap reading and post-processing of neighbouring slices with the network (a stack):
-#: 1.05-1.14x faster for 8 x 1024 x 1024 on two busy cores.
+#: Overlap reading and post-processing of neighbouring slices with the network (a stack).
 OVERLAP_SLICES = True
 #: Flips averaged by test-time augmentation (dims of an ``(N, C, Y, X)`` tensor).
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -137,8 +83,6 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 Output = Literal["auto", "instances", "semantic", "probabilities"]
 OUTPUTS = ("auto", "instances", "semantic", "probabilities")
 MODES = ("instances", "classes")
-Border = Literal["network", "mirror"]
-BORDERS = ("network", "mirror")
 #: Instance settings of model files that store none (written before settings were stored).
 LEGACY_INSTANCE_SETTINGS = postprocess.InstanceSettings(
     method="components", threshold=0.5, min_size=10, grow=2
@@ -178,174 +122,6 @@ class PredictionResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Tile geometry
-# --------------------------------------------------------------------------------------------
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def exact_halo(config: UNetConfig) -> int:
-    """Return the smallest tile margin that makes tiled prediction equal whole-image prediction.
-
-    A tile core starts and ends on multiples of ``2**depth``, so the margin needed is the
-    largest distance by which the receptive interval of a core pixel
-    (:func:`napari_unetkit.model.receptive_interval`) reaches past the core's start or end,
-    over the ``2**depth`` pixel positions of a pooling block. This holds for ``norm="batch"``
-    in eval mode and ``norm="none"``; group normalisation uses statistics of the whole tile.
-
-    Parameters
-    ----------
-    config : UNetConfig
-        The architecture.
-
-    Returns
-    -------
-    int
-        Margin in pixels (94 for depth 4 with transposed convolutions, 110 with bilinear
-        up-sampling), not yet rounded to the pooling grid.
-    """
-    factor = config.downsampling_factor
-    intervals = [receptive_interval(config, position) for position in range(factor)]
-    before = max(-first for first, _ in intervals)
-    after = max(last - (factor - 1) for _, last in intervals)
-    return max(before, after, 0)
-
-
-def default_halo(config: UNetConfig) -> int:
-    """Return the default tile margin, ``min(exact_halo, DEFAULT_MAX_HALO)``, grid-aligned.
-
-    Parameters
-    ----------
-    config : UNetConfig
-        The architecture.
-
-    Returns
-    -------
-    int
-        Halo in pixels, rounded up to a multiple of ``2**depth`` (96 for the default depth 4).
-    """
-    halo = min(exact_halo(config), DEFAULT_MAX_HALO)
-    return _round_up(halo, config.downsampling_factor)
-
-
-def _bytes_per_pixel(config: UNetConfig) -> int:
-    """Rough activation memory of one input pixel during a float32 forward pass."""
-    return 4 * ACTIVATION_MAPS * max(config.base_channels, config.in_channels, config.n_classes)
-
-
-def auto_tile_size(config: UNetConfig, halo: int, device: torch.device, batch_size: int = 1) -> int:
-    """Choose a tile core size from the memory available.
-
-    The input tile is ``core + 2 * halo`` pixels square; one batch needs about
-    ``batch_size * side**2 * 4 * ACTIVATION_MAPS * base_channels`` bytes. The budget is
-    ``CUDA_MEMORY_FRACTION`` of the free memory on CUDA (``torch.cuda.mem_get_info``) and
-    ``CPU_MEMORY_BUDGET`` elsewhere. The core is the largest multiple of ``2**depth`` that fits,
-    clamped to ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CUDA]`` on CUDA and
-    ``[MIN_AUTO_TILE, MAX_AUTO_TILE_CPU]`` on CPU/MPS.
-
-    Parameters
-    ----------
-    config : UNetConfig
-        The architecture.
-    halo : int
-        Margin on each side of the core, in pixels.
-    device : torch.device
-        Where the network runs.
-    batch_size : int
-        Tiles per forward pass.
-
-    Returns
-    -------
-    int
-        Core size in pixels, a multiple of ``2**depth``.
-    """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget, upper = CUDA_MEMORY_FRACTION * free, MAX_AUTO_TILE_CUDA
-    else:
-        budget, upper = CPU_MEMORY_BUDGET, MAX_AUTO_TILE_CPU
-    side = math.isqrt(int(budget // (batch_size * _bytes_per_pixel(config))))
-    core = min(max(side - 2 * halo, MIN_AUTO_TILE), upper)
-    factor = config.downsampling_factor
-    return max(factor, core // factor * factor)
-
-
-def _axis_cores(length: int, tile: int, factor: int) -> list[tuple[int, int]]:
-    """Split ``[0, length)`` (a multiple of ``factor``) into ``ceil(length / tile)`` cores.
-
-    The cores are runs of whole ``factor``-pixel blocks, as equal as possible (sizes differ by
-    at most ``factor``) and never longer than ``tile`` (itself a multiple of ``factor``).
-    """
-    blocks = length // factor
-    count = -(-length // tile)
-    base, extra = divmod(blocks, count)
-    cores, start = [], 0
-    for i in range(count):
-        stop = start + (base + (i < extra)) * factor
-        cores.append((start, stop))
-        start = stop
-    return cores
-
-
-def _reflect_indices(start: int, stop: int, size: int) -> np.ndarray:
-    """Return the indices ``start..stop-1`` mirrored into ``[0, size)`` (edge not repeated).
-
-    Beyond one reflection the mirroring repeats periodically, so any padding works even for
-    tiny images; an axis of length 1 is replicated.
-    """
-    index = np.arange(start, stop)
-    if size == 1:
-        return np.zeros_like(index)
-    period = 2 * (size - 1)
-    index = np.mod(index, period)
-    return np.where(index >= size, period - index, index)
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One tile of a slice.
-
-    Attributes
-    ----------
-    y, x : int
-        Where the part of the slice this tile predicts starts.
-    height, width : int
-        Size of that part (the tile's core, clipped to the slice).
-    window : tuple of int
-        ``(top, bottom, left, right)``: the network's input, rows ``top:bottom`` and columns
-        ``left:right`` of the padded slice (see :meth:`Predictor.tile_layout`): the core plus
-        up to ``halo`` pixels of context on each side.
-    offset : tuple of int
-        Where the predicted part starts inside the window.
-    """
-
-    y: int
-    x: int
-    height: int
-    width: int
-    window: tuple[int, int, int, int]
-    offset: tuple[int, int]
-
-    @property
-    def window_shape(self) -> tuple[int, int]:
-        """``(rows, columns)`` of the network input."""
-        top, bottom, left, right = self.window
-        return bottom - top, right - left
-
-
-def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
-    """Batches of up to ``size`` tiles whose windows have the same shape, in tile order."""
-    groups: dict[tuple[int, int], list[Tile]] = {}
-    for tile in tiles:
-        groups.setdefault(tile.window_shape, []).append(tile)
-    for group in groups.values():
-        for start in range(0, len(group), size):
-            yield group[start : start + size]
-
-
-# --------------------------------------------------------------------------------------------
 # The predictor
 # --------------------------------------------------------------------------------------------
 
@@ -379,7 +155,7 @@ class Predictor:
         A :class:`napari_unetkit.model.UNet` (anything with a ``config`` :class:`UNetConfig`
         and the same forward contract). It is moved to ``device`` and otherwise never
         modified: predictions run an eval-mode inference copy of it
-        (:func:`napari_unetkit.inference.inference_copy`) under ``torch.inference_mode()``,
+        (:func:`napari_unetkit.speed.inference.inference_copy`) under ``torch.inference_mode()``,
         made again whenever its weights changed, so a trainer can validate with a predictor
         built on the model it is training.
     description : dict
@@ -400,7 +176,7 @@ class Predictor:
         Average the probabilities of the identity, x-flip, y-flip and xy-flip of every tile.
     precision : {"auto", "float32", "mixed", "half"}
         Numeric precision of the network (see
-        :func:`napari_unetkit.precision.resolve_precision`); the resolved name is kept in
+        :func:`napari_unetkit.speed.precision.resolve_precision`); the resolved name is kept in
         ``self.precision``. Probabilities are always computed in float32 from the logits.
     border : {"network", "mirror"}
         What the network sees beyond the slice border (see the module docstring):
@@ -446,7 +222,7 @@ class Predictor:
         self.halo = (
             default_halo(config)
             if halo is None
-            else _round_up(_positive(halo, 0, "The halo (pixels)"), factor)
+            else round_up(_positive(halo, 0, "The halo (pixels)"), factor)
         )
         default_batch = DEFAULT_BATCH_CUDA if self.device.type == "cuda" else DEFAULT_BATCH_CPU
         self.batch_size = (
@@ -456,7 +232,7 @@ class Predictor:
         )
         if tile_size is None:
             tile_size = auto_tile_size(config, self.halo, self.device, self.batch_size)
-        self.tile_size = _round_up(_positive(tile_size, 1, "The tile size (pixels)"), factor)
+        self.tile_size = round_up(_positive(tile_size, 1, "The tile size (pixels)"), factor)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs) -> Predictor:
@@ -645,7 +421,7 @@ class Predictor:
         every = len(kept) == self.n_classes and kept == sorted(kept)
         done = 0
         network = self._network()
-        for batch in _batches(tiles, self.batch_size):
+        for batch in batches(tiles, self.batch_size):
             check_cancel(cancel)
             inputs = np.stack([read_window(tile.window) for tile in batch])
             probs = self._run(network, inputs)
@@ -662,8 +438,8 @@ class Predictor:
     def _network(self) -> nn.Module:
         """Return the network to run: an inference copy of the model with its current weights.
 
-        The copy (:func:`~napari_unetkit.inference.inference_copy`) is kept while the model's
-        :func:`~napari_unetkit.inference.state_fingerprint` is unchanged, checked once per
+        The copy (:func:`~napari_unetkit.speed.inference.inference_copy`) is kept while the model's
+        :func:`~napari_unetkit.speed.inference.state_fingerprint` is unchanged, checked once per
         :meth:`predict` call and once per direct :meth:`predict_slice` call, so a predictor
         built on a model that is still being trained always predicts with its latest weights.
         """
@@ -676,26 +452,12 @@ class Predictor:
             self._cached_network = cached
         return cached[1]
 
-    def _axis_padding(self, size: int) -> tuple[int, int, int]:
-        """Return the padding before and after an axis of ``size`` px and where its cores start.
-
-        ``border="network"``: the network's own padding up to a multiple of ``2**depth``
-        (:func:`~napari_unetkit.model.pad_to_multiple`), cores cover all of it. ``"mirror"``:
-        ``halo`` mirrored pixels on both sides (plus the rounding after), cores start after
-        the first halo.
-        """
-        total = -size % self.config.downsampling_factor
-        if self.border == "network":
-            return total // 2, total - total // 2, 0
-        return self.halo, self.halo + total, self.halo
-
     def padding(self, size: int) -> tuple[int, int]:
         """Return the padding ``(before, after)`` of an axis of ``size`` px before tiling.
 
-        Padded pixels mirror the slice (the edge pixel not repeated): pixel ``p`` of the
-        padded axis is pixel ``p - before`` of the slice, reflected into it.
+        See :func:`napari_unetkit.tiling.axis_padding`.
         """
-        before, after, _ = self._axis_padding(size)
+        before, after, _ = axis_padding(size, self._grid())
         return before, after
 
     def tile_layout(
@@ -703,63 +465,16 @@ class Predictor:
     ) -> list[Tile]:
         """Return the tiles that cover a slice of ``shape`` (Y, X), or a region of it.
 
-        The slice is first padded (see ``border``); along each axis the padded extent the
-        cores cover (a multiple of ``2**depth``) is split into ``ceil(extent / tile_size)``
-        cores of whole ``2**depth`` blocks, as equal as possible. Each tile's window is its
-        core plus ``halo`` pixels on each side, clipped to the padded slice: with
-        ``border="network"`` tiles at the slice border get context on their inner sides only.
-        Every core overlaps the slice.
-
-        With ``region = (y0, y1, x0, x1)`` only that rectangle is covered: the cores split the
-        smallest run of whole ``2**depth`` blocks of the padded slice that contains it (the
-        same pooling grid as the whole slice) and each tile's predicted part is clipped to the
-        region. Without it the region is the whole slice.
+        See :func:`napari_unetkit.tiling.tile_layout`.
         """
-        factor = self.config.downsampling_factor
-        if region is None:
-            region = (0, shape[0], 0, shape[1])
-        axes = []
-        for size, (r0, r1) in zip(shape, (region[:2], region[2:]), strict=True):
-            before, after, start = self._axis_padding(size)
-            extent = _round_up(size, factor)
-            padded = size + before + after
-            span0 = max(start, (r0 + before) // factor * factor)
-            span1 = min(start + extent, _round_up(r1 + before, factor))
-            axis = []
-            for first, last in _axis_cores(span1 - span0, self.tile_size, factor):
-                first, last = first + span0, last + span0
-                low, high = max(first - self.halo, 0), min(last + self.halo, padded)
-                visible = max(first - before, r0), min(last - before, r1)
-                if visible[0] >= visible[1]:
-                    continue
-                axis.append((visible, (low, high), visible[0] + before - low))
-            axes.append(axis)
-        return [
-            Tile(
-                y=ry[0],
-                x=rx[0],
-                height=ry[1] - ry[0],
-                width=rx[1] - rx[0],
-                window=(*wy, *wx),
-                offset=(oy, ox),
-            )
-            for ry, wy, oy in axes[0]
-            for rx, wx, ox in axes[1]
-        ]
+        return tile_layout(shape, self._grid(), region)
 
     def _padded(self, image: np.ndarray) -> np.ndarray:
         """Return the slice padded as :meth:`tile_layout` assumes (no copy if nothing is added)."""
-        if self.border == "network":
-            factor = self.config.downsampling_factor
-            if all(size % factor == 0 for size in image.shape[1:]):
-                return image
-            # A contiguous copy: the slice may be a read-only or negatively strided view.
-            padded, _ = pad_to_multiple(torch.from_numpy(np.array(image))[None], factor)
-            return padded[0].numpy()
-        (top, bottom, _), (left, right, _) = (self._axis_padding(n) for n in image.shape[1:])
-        rows = _reflect_indices(-top, image.shape[1] + bottom, image.shape[1])
-        cols = _reflect_indices(-left, image.shape[2] + right, image.shape[2])
-        return image[:, rows[:, None], cols[None, :]]
+        return pad_slice(image, self._grid())
+
+    def _grid(self) -> TileGrid:
+        return TileGrid(self.config.downsampling_factor, self.tile_size, self.halo, self.border)
 
     @torch.inference_mode()
     def _run(self, network: nn.Module, inputs: np.ndarray) -> np.ndarray:

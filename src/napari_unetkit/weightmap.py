@@ -407,7 +407,7 @@ def _run_parallel(function: Callable[[int], None], n: int, workers: int | None) 
     """Call ``function(i)`` for ``i < n`` (independent tasks), in a thread pool if workers > 1.
 
     SciPy's distance transform and NumPy's ufuncs release the GIL, so threads over independent
-    slices or image bands scale with the cores (measured about 1.7x on 2 cores).
+    slices or image bands scale with the cores.
     """
     workers = _worker_count(workers, n)
     if workers == 1:

@@ -20,7 +20,8 @@ import time
 import tifffile
 import torch
 
-from napari_unetkit import cli, training
+from napari_unetkit.cli import commands as cli
+from napari_unetkit.training import loop
 
 WAIT_SECONDS = 60.0
 
@@ -37,7 +38,7 @@ def wait_for(condition) -> None:
 
 
 def hook_first_step() -> None:
-    original = training._Run.run_epoch
+    original = loop.Run.run_epoch
 
     def run_epoch(self) -> None:
         if self.steps_run == 0:
@@ -45,11 +46,11 @@ def hook_first_step() -> None:
             wait_for(self.cancel.is_set)
         original(self)
 
-    training._Run.run_epoch = run_epoch
+    loop.Run.run_epoch = run_epoch
 
 
 def hook_after_epoch_1() -> None:
-    original = training._Run.finish_epoch
+    original = loop.Run.finish_epoch
 
     def finish_epoch(self) -> None:
         original(self)
@@ -57,7 +58,7 @@ def hook_after_epoch_1() -> None:
             ready()
             wait_for(self.cancel.is_set)
 
-    training._Run.finish_epoch = finish_epoch
+    loop.Run.finish_epoch = finish_epoch
 
 
 class SlowFile:

@@ -14,11 +14,11 @@ import torch
 from bad_cases import BAD_MODEL_FILES, cells, untrained_model
 
 from napari_unetkit import data as data_module
-from napari_unetkit import training
 from napari_unetkit._napari import jobs, predict_widget, train_settings, weightmap_widget
 from napari_unetkit._napari.layers import METADATA_KEY
 from napari_unetkit._napari.session import SESSION
 from napari_unetkit.prediction import Predictor
+from napari_unetkit.training import loop
 
 pytestmark = pytest.mark.gui
 
@@ -186,7 +186,7 @@ def test_stop_after_preparation_before_the_first_step_saves_nothing(
     make_napari_viewer, qtbot, tmp_path, monkeypatch
 ):
     entered, release = threading.Event(), threading.Event()
-    real = training._Run.run_epoch
+    real = loop.Run.run_epoch
 
     def wait_before_the_first_step(self) -> None:
         if self.steps_run == 0 and not entered.is_set():
@@ -194,7 +194,7 @@ def test_stop_after_preparation_before_the_first_step_saves_nothing(
             release.wait(30)
         real(self)
 
-    monkeypatch.setattr(training._Run, "run_epoch", wait_before_the_first_step)
+    monkeypatch.setattr(loop.Run, "run_epoch", wait_before_the_first_step)
     viewer = make_napari_viewer()
     image, labels = cells((32, 32))
     viewer.add_image(image, name="cells")

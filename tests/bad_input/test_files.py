@@ -17,7 +17,8 @@ import tifffile
 import torch
 from bad_cases import cells, error_line, temp_files, untrained_model
 
-from napari_unetkit import cli, io
+from napari_unetkit import io
+from napari_unetkit.cli import commands as cli
 from napari_unetkit.model import UNet, UNetConfig
 from napari_unetkit.modelfile import save_model
 

@@ -16,7 +16,7 @@ import tifffile
 import torch
 from bad_cases import TINY_TRAINING, cells, error_line, temp_files, untrained_model
 
-from napari_unetkit import cli
+from napari_unetkit.cli import commands as cli
 from napari_unetkit.modelfile import load_model, read_description
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.training import NOTHING_SAVED, TrainConfig, TrainProgress, train

@@ -1,9 +1,9 @@
 """A small live plot of a training run: losses and the validation score, one point per epoch.
 
-Redrawing a matplotlib figure (axes, ticks, text) takes 50-200 ms on a busy CPU, too long for a
-GUI that must stay responsive while training. So the axes limits only grow in steps (the epoch
+Redrawing a whole matplotlib figure (axes, ticks, text) is too slow for a GUI that must stay
+responsive while training. So the axes limits only grow in steps (the epoch
 axis doubles, the loss axis grows by half), and between those rare full redraws a new point
-only redraws the three curves over a saved background (matplotlib "blitting", a few ms).
+only redraws the three curves over a saved background (matplotlib "blitting").
 """
 
 from __future__ import annotations

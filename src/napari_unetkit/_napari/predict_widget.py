@@ -57,6 +57,7 @@ from napari_unetkit.model import UNet
 from napari_unetkit.modelfile import ModelFileError, describe_model, load_model
 from napari_unetkit.postprocess import InstanceSettings
 from napari_unetkit.prediction import PredictionResult, Predictor, instance_settings_of
+from napari_unetkit.tiling import MAX_AUTO_TILE_CPU
 
 #: Model files up to this size are loaded in the GUI thread when chosen (well under a second);
 #: larger ones are loaded in a worker.
@@ -70,8 +71,8 @@ CANCEL_TEXT = "Cancel"
 TILE_TOOLTIP = (
     "Size of the square tiles the image is cut into, in pixels (rounded up to a multiple of "
     "2**depth). 0 = automatic: the largest tile that fits the memory of the device (CPU: up "
-    "to 1024 px). Each tile also reads some context around it, so the result does not depend "
-    "on the tile size; choose a smaller size if you run out of memory."
+    f"to {MAX_AUTO_TILE_CPU} px). Each tile also reads some context around it, so the result "
+    "does not depend on the tile size; choose a smaller size if you run out of memory."
 )
 
 

@@ -6,8 +6,8 @@
   (a post-op), instead of in a second pass over the map.
 
 Both compute the same function as the layers they replace, to float rounding (the ReLU fusion
-is exact). :func:`napari_unetkit.inference.inference_copy` builds them; the trained model never
-contains them.
+is exact). :func:`napari_unetkit.speed.inference.inference_copy` builds them; the trained
+model never contains them.
 """
 
 from __future__ import annotations
@@ -193,9 +193,9 @@ def upsampling_conv(
     conv : torch.nn.Conv2d
         The convolution of its output.
     dtype : torch.dtype
-        The type the module will compute in. Only float32 and float64 levels are fused: the
-        strided additions that interleave the phases run 8x slower in bfloat16 than in float32
-        on a CPU (PyTorch 2.14), which made the fused form slower than the two layers there.
+        The type the module will compute in. Only float32 and float64 levels are fused: in
+        16 bits the strided additions that interleave the phases make the fused form slower
+        than the two layers (see ``docs/performance.md``).
 
     Returns
     -------
@@ -240,9 +240,7 @@ class ConvReLU(nn.Module):
     On a CPU, for float32 and bfloat16 input, with oneDNN enabled
     (``torch.backends.mkldnn.enabled``) and :func:`fused_relu_available`, the convolution
     writes rectified values directly; anywhere else (CUDA, float64, oneDNN switched off) it is
-    the convolution followed by an in-place ReLU. Both give identical values. On a 2-core
-    AMD EPYC Zen 5 this saved 2.4 ms per convolution of 16 channels of 1120 x 1120 (23.0 ->
-    20.6 ms) and made the mixed-precision network about 1.06x faster.
+    the convolution followed by an in-place ReLU. Both give identical values.
 
     Parameters
     ----------

@@ -2,83 +2,48 @@
 
 :class:`napari_unetkit.prediction.Predictor` never runs the model it was given directly: it
 runs an :func:`inference_copy` of it, a separate module that computes the same function
-faster:
+(to float32 rounding, plus the rounding of any 16-bit levels ``precision`` asks for) faster.
 
-- **eval mode, no autograd**: the copy is in eval mode (dropout is the identity, batch norm uses
-  its running statistics) and its tensors do not require gradients;
+Input: a :class:`~napari_unetkit.model.UNet` (or any module with the same forward contract), a
+device and a precision. Output: a new module in eval mode whose tensors do not require
+gradients, called like the model on ``(N, C, Y, X)`` float32 input and returning logits of the
+same shape as the model's. The original model is never modified (a trainer validates with a
+predictor built on the model it is training, then continues training it).
+
+What the copy does differently:
+
+- **eval mode, no autograd**: dropout is the identity, batch norm uses its running statistics;
 - **batch norm folded into the preceding convolution**: in eval mode ``BN(conv(x))`` is the
   affine map ``gamma * (W x + b - mean) / sqrt(var + eps) + beta``, which is again a
   convolution with weights ``W * s`` and bias ``beta + (b - mean) * s``, ``s = gamma /
-  sqrt(var + eps)`` (:func:`fold_batch_norm`, computed in float64). This saves one pass over
-  every feature map. Group normalisation (statistics of the input itself) is left alone;
-- **channels-last memory format** on CPU and CUDA: oneDNN (and cuDNN with mixed precision) run
-  3x3 convolutions on ``NHWC`` data without reordering every feature map to a blocked layout
-  and back;
+  sqrt(var + eps)`` (:func:`fold_batch_norm`, computed in float64). Group normalisation
+  (statistics of the input itself) is left alone;
+- **channels-last memory format** on CPU and CUDA (:data:`CHANNELS_LAST_DEVICES`): oneDNN and
+  cuDNN run 3x3 convolutions on ``NHWC`` data without reordering every feature map;
 - **no concatenation** (a :class:`~napari_unetkit.model.UNet` only, see
   :class:`InferenceUNet`): the first convolution of every decoder reads the skip features and
   the up-sampled features concatenated, ``W [s; u] = W_s s + W_u u``, so the copy splits its
   weights along the input channels, convolves the skip features (bias included), frees them,
-  and adds the convolution of the up-sampled features in place. The concatenated map (twice
-  the size of either input) is never allocated: 1.12x faster on a 1120 x 1120 tile, and at
-  most three maps of the finest level are alive at once instead of five;
-- **no up-sampled map** at float32 levels (:class:`~napari_unetkit.fused_layers.UpsamplingConv`):
-  the 2x2 stride-2 transposed convolution and the 3x3 convolution of its output are both
-  linear, so they are one 2x2 convolution of the coarse map with four times the output
-  channels (one block per output phase), whose blocks are interleaved into the decoder's map by
-  four strided additions; at most two maps of the finest level are alive at once;
-- **ReLU applied by the convolution** (:class:`~napari_unetkit.fused_layers.ConvReLU`): on a
-  CPU oneDNN rectifies each convolution's output as it writes it, instead of a second pass over
-  the map;
-- **16-bit coarse levels** (``precision="mixed"``, see :mod:`napari_unetkit.precision`): the
-  levels from 3 down and the bottleneck run in bfloat16 (float16 on older GPUs) with their
+  and adds the convolution of the up-sampled features in place; the concatenated map is never
+  allocated;
+- **no up-sampled map** at float32 levels
+  (:class:`~napari_unetkit.speed.fused_layers.UpsamplingConv`): the 2x2 stride-2 transposed
+  convolution and the 3x3 convolution of its output are one 2x2 convolution of the coarse map
+  with four times the output channels, whose blocks are interleaved into the decoder's map;
+- **ReLU applied by the convolution** (:class:`~napari_unetkit.speed.fused_layers.ConvReLU`)
+  where oneDNN can do it as it writes the output;
+- **16-bit coarse levels** (``precision="mixed"``, see :mod:`napari_unetkit.speed.precision`):
+  the levels from 3 down and the bottleneck run in bfloat16 (float16 on older GPUs) with their
   weights stored in that type, the three finest levels and the output layer in float32; each
   level casts its input to its own type. ``"half"`` runs every level in 16 bits.
 
-The original model is never modified (a trainer validates with a predictor built on the model
-it is training, then continues training it). The predictor keeps its copy only while
-:func:`state_fingerprint` of the model (random projections of every parameter and buffer, about
-5 ms for the default network's 2 million parameters) is unchanged, so it always predicts with
-the model's current weights, whatever changed them: an optimiser step (fused optimisers do not
-bump tensor version counters, so those cannot be trusted), ``load_state_dict``, batch-norm
-statistics updated by a training-mode forward pass. Copying and folding takes about 40 ms.
+Invariant: a predictor keeps its copy only while :func:`state_fingerprint` of the model
+(random projections of every parameter and buffer) is unchanged, so it always predicts with the
+model's current weights, whatever changed them: an optimiser step (fused optimisers do not bump
+tensor version counters, so those cannot be trusted), ``load_state_dict``, batch-norm
+statistics updated by a training-mode forward pass.
 
-Measured on a 2-core AMD EPYC (Zen 3, AVX2, no AVX-512), 2 threads, default network (depth 4, 16
-base channels, batch norm), float32, against the plain eager model (``model.eval()``, NCHW) on
-the same input: batch-norm folding alone 1.00-1.03x, channels-last alone 1.55-1.58x, both
-1.58-1.66x on a 704 x 704 tile and 2.3-2.4x on a 1216 x 1216 one (the plain model's larger NCHW
-maps cost ever more page faults and reorders); the split decoders another 1.12x on a 1120 x 1120
-tile. Its 3x3 convolutions then run at 90-175 GFLOP/s, about the machine's float32
-matrix-multiply peak; ReLU, pooling and the transposed convolutions take about 14 % of the time.
-Rejected after measuring: TorchScript tracing with freezing and
-``torch.jit.optimize_for_inference`` (1.4-1.8x slower than the eager copy); replacing the 2x2
-transposed convolutions by a 1x1 convolution and a pixel shuffle (0.9x in NCHW, no gain in
-NHWC); oneDNN's fused convolution + ReLU operator called eagerly
-(``torch.ops.mkldnn._convolution_pointwise``, with or without pre-packed weights: at most 5 %
-faster per convolution, nothing over the network, and an internal operator; on the Zen 5
-below it pays, see :class:`~napari_unetkit.fused_layers.ConvReLU`); NNPACK's Winograd
-convolutions for the levels with 64 channels or more (faster alone at 128 channels, slower over
-the network because of layout changes); ``torch.compile`` with freezing (about 1.15x faster than
-the eager channels-last copy, but 12 s of compilation with a warm cache and 60 s cold for every
-new tile shape); keeping freed memory in the C heap with ``mallopt`` (about 1.1x, but
-process-wide; on the Zen 5 below, with huge pages, 1.1-1.3x and 35x fewer page faults, but each
-1120 x 1120 tile then peaked 100-170 MiB higher, 320-390 MiB instead of 210-250, because the
-heap fragments, which the memory budget of a 2048 x 2048 stack cannot afford). bfloat16 needs
-AVX512-BF16 or AMX to be fast on a CPU, which this machine lacks, so CPU inference stays
-float32. Setting ``THP_MEM_ALLOC_ENABLE=1`` in the environment before
-Python starts (PyTorch then backs large tensors with transparent huge pages) cut the kernel time
-spent on page faults about threefold for both the plain and the optimised model.
-
-On an AMD EPYC Zen 5 (AVX-512 with AVX512-BF16, 2 threads) the float32 copy ran 2.8-3.3x
-faster than the plain model on a whole 2048 x 2048 image, ``"mixed"`` another 1.2x and
-``"half"`` another 1.9-2.0x (accuracy in :mod:`napari_unetkit.precision`). There the fused
-up-sampling made the fused levels' up-sampling paths 1.2-1.45x faster (1.06x at the 32-channel
-level); in bfloat16 it was slower (PyTorch's strided bfloat16 additions run 8x slower than
-float32 ones), so 16-bit levels keep the two layers. With the fused ReLU as well, a 1120 x 1120
-tile took 0.90-0.91x the time in float32 and mixed precision (best of 25 alternating calls).
-On that machine oneDNN's float32 convolutions reach 420-460 GFLOP/s (a 1x1 convolution of 1024
-channels, 3x3 ones of 64-256 channels) while ``torch.mm`` (MKL, which does not use AVX-512 on
-AMD processors) reaches 190: the 16-channel 3x3 convolutions of the finest level run at about
-300, two thirds of that peak.
+Why each of these is here, what it gained and what was tried and rejected: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -89,9 +54,9 @@ import itertools
 import torch
 from torch import nn
 
-from napari_unetkit.fused_layers import fuse_conv_relu, upsampling_conv
 from napari_unetkit.model import UNet, pad_to_multiple
-from napari_unetkit.precision import level_dtypes, reduced_dtype
+from napari_unetkit.speed.fused_layers import fuse_conv_relu, upsampling_conv
+from napari_unetkit.speed.precision import level_dtypes, reduced_dtype
 
 #: Device types on which the copy uses the channels-last memory format.
 CHANNELS_LAST_DEVICES = ("cpu", "cuda")
@@ -254,7 +219,7 @@ def inference_copy(
     device : torch.device, optional
         Where the copy runs (default: where ``model``'s first parameter is).
     precision : {"float32", "mixed", "half"}
-        A precision resolved by :func:`napari_unetkit.precision.resolve_precision`. Only a
+        A precision resolved by :func:`napari_unetkit.speed.precision.resolve_precision`. Only a
         :class:`~napari_unetkit.model.UNet` can run in reduced precision; any other module
         stays float32.
 
@@ -288,8 +253,8 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """2x2 max-pooling with stride 2 of ``(N, C, Y, X)`` maps with even ``Y`` and ``X``.
 
     The same values as ``nn.MaxPool2d(2)``, computed as the element-wise maximum of the four
-    strided views; it keeps the memory format of ``x``. PyTorch's channels-last CPU kernel
-    took 15 ms for 16 channels of 1024 x 1024 on a 2-core Zen 5, this 6 ms.
+    strided views; it keeps the memory format of ``x`` (and is faster than PyTorch's
+    channels-last CPU kernel, see ``docs/performance.md``).
     """
     top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
     return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]), out=top)
@@ -358,7 +323,7 @@ class InferenceUNet(nn.Module):
         The network (batch norms already folded, if wanted).
     dtypes : list of torch.dtype, optional
         The floating-point type of each level (see
-        :func:`napari_unetkit.precision.level_dtypes`): ``depth`` levels, then the
+        :func:`napari_unetkit.speed.precision.level_dtypes`): ``depth`` levels, then the
         bottleneck. The modules of a level are converted to its type and each level casts its
         input to it. Default: float32 throughout.
     """

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unetkit import __version__, cli_bigdata
+from napari_unetkit import __version__
+from napari_unetkit.cli import bigdata as cli_bigdata
 from napari_unetkit.progress import GENERIC_CANCEL, Cancelled
 from napari_unetkit.weightmap import CLASS_BALANCES, DEFAULT_PRESET, PRESETS
 
@@ -655,7 +656,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``unetkit`` argument parser (it imports PyTorch, for the defaults)."""
     from napari_unetkit.demo import DEMO_TIME_LIMIT
-    from napari_unetkit.precision import PRECISIONS
+    from napari_unetkit.speed.precision import PRECISIONS
     from napari_unetkit.training import MAX_BATCH_SIZE, MAX_SEED
 
     parser = argparse.ArgumentParser(
@@ -940,7 +941,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,35 +1,20 @@
 """Numeric precision of prediction: float32, mixed (coarse levels in 16 bits) or all 16-bit.
 
-A U-Net's coarse levels are where 16-bit floats pay: they hold most of the channels and the
-multiply-accumulates per pixel that are cheapest to speed up. But rounding a level's weights to
-bfloat16's 8-bit mantissa perturbs the network itself, and the finer the level, the more
-directly that shows in the probabilities of pixels near the decision boundary: rounding only
-the weights of levels 2 and below (computing in float32) moved the probabilities about as much
-as computing those levels in bfloat16 (0.0143 against 0.0138, and 0.0093 against 0.0127, on
-two networks), so the weights, not the feature maps, carry most of the error. Measured with
-five default networks (depth 4, 16 base channels) trained for 25 to 120 s on synthetic nuclei
-with different seeds, on two 2048 x 2048 images each, against the float32 network (largest
-probability difference over the image), and the speed of a 1120 x 1120 tile against float32
-(best of 20 alternating calls):
+A precision name says which levels of the U-Net compute (and store their weights) in a 16-bit
+type; level 0 is the finest:
 
-============================== ================ ==================
-levels in float32              max |diff|       speed vs float32
-============================== ================ ==================
-all (``"float32"``)            2e-6 to 4e-6     1.00x
-0 to 3 (bottleneck in 16 bits) 0.0009-0.0010    1.04x
-0 to 2 (``"mixed"``)           0.0022-0.0082    1.12x
-0 and 1                        0.0051-0.0155    1.29x
-none (``"half"``)              0.029-0.092      1.85x
-============================== ================ ==================
+- ``"float32"``: every level in float32 (the plain network to float32 rounding);
+- ``"mixed"``: levels 0 to 2 and the output layer in float32, level 3 and coarser and the
+  bottleneck in 16 bits (:func:`level_dtypes`); chosen as the split that kept every
+  probability within 0.01 of float32 on the trained networks measured;
+- ``"half"``: every level in 16 bits (fastest; probabilities may change by a few percent);
+- ``"auto"``: ``"mixed"`` where the device computes 16-bit floats natively (CUDA; CPUs with
+  AVX512-BF16 or AMX, :func:`cpu_has_native_bfloat16`), else ``"float32"`` (a CPU without them
+  emulates bfloat16, slower than float32).
 
-(AMD EPYC Zen 5 with AVX512-BF16, 2 threads, oneDNN through PyTorch 2.14, 2026-12-01.)
-Keeping only levels 0 and 1 in float32 (what ``"mixed"`` was until then, measured then at
-0.0044-0.0071 on three networks) went over 0.01 on four of the five networks. ``"mixed"`` is the
-split that kept every probability within 0.01 of float32 in all ten measurements, with room to
-spare; ``"half"`` is the fastest, for users who accept probability changes of a few percent.
-
-Without native bfloat16 arithmetic (AVX512-BF16 or AMX) a CPU emulates it, which is slower than
-float32, so ``"auto"`` uses float32 there.
+The 16-bit type is bfloat16 on CPUs and on CUDA GPUs that support it, else float16 (older
+CUDA GPUs, Apple MPS; :func:`reduced_dtype`). The accuracy and speed of each split:
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -103,8 +88,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         ``"auto"``: ``"mixed"`` where :func:`computes_16bit_natively` (CUDA, CPUs with
         native bfloat16), else ``"float32"``. ``"float32"``: everything in
         float32. ``"mixed"``: the three finest levels (and the output layer) in float32, the
-        coarser levels and the bottleneck in :func:`reduced_dtype`; probabilities stayed within
-        0.01 of float32 in every measurement (see the module docstring). ``"half"``: the
+        coarser levels and the bottleneck in :func:`reduced_dtype` (see the module docstring).
+        ``"half"``: the
         whole network in :func:`reduced_dtype`.
     device : torch.device
         Where the network runs.

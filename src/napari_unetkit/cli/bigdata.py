@@ -12,7 +12,7 @@ asks for something beyond one TIFF in and one TIFF out:
 - ``--workers N`` (a local cluster) or ``--scheduler ADDRESS`` (an existing one, e.g. started
   by ``dask-jobqueue``): zarr outputs are computed by ``dask.distributed`` workers.
 
-One TIFF in and one TIFF out stays with :func:`napari_unetkit.cli.cmd_predict`, unchanged.
+One TIFF in and one TIFF out stays with :func:`napari_unetkit.cli.commands.cmd_predict`, unchanged.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def wants_this(args: argparse.Namespace) -> bool:
 
 def check_plain(args: argparse.Namespace) -> None:
     """Refuse big-data options that a plain TIFF-to-TIFF prediction cannot use."""
-    from napari_unetkit.cli import CommandError
+    from napari_unetkit.cli.commands import CommandError
 
     if args.probabilities == BESIDE:
         raise CommandError(
@@ -94,7 +94,7 @@ def check_plain(args: argparse.Namespace) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     """Run ``unetkit predict`` for a zarr output, a pattern or folder, or a cluster."""
-    from napari_unetkit.cli import CommandError
+    from napari_unetkit.cli.commands import CommandError
 
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers must be at least 1, got {args.workers}.")
@@ -133,7 +133,7 @@ def _predictor_options(args: argparse.Namespace) -> dict:
 
 
 def _predictor(args: argparse.Namespace):
-    from napari_unetkit.cli import load_predictor
+    from napari_unetkit.cli.commands import load_predictor
 
     return load_predictor(args)
 
@@ -158,7 +158,7 @@ def _client(args: argparse.Namespace, stack: ExitStack):
 def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
     """Predict one image into a zarr store, with a progress line; print what was done."""
     from napari_unetkit import batch, chunked
-    from napari_unetkit.cli import (
+    from napari_unetkit.cli.commands import (
         CancelOnInterrupt,
         CommandError,
         prediction_progress_printer,
@@ -223,7 +223,7 @@ def _predict_zarr(args, predictor, image: Path, out: Path, client) -> None:
 
 def _predict_many(args: argparse.Namespace) -> int:
     from napari_unetkit import batch
-    from napari_unetkit.cli import CommandError, cmd_predict, error_message
+    from napari_unetkit.cli.commands import CommandError, cmd_predict, error_message
 
     images = batch.find_images(args.image)
     if not images:

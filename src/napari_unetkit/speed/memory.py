@@ -5,9 +5,8 @@ large blocks are freed) from heaps that it shrinks only from the top, and every 
 allocates gets a heap (an *arena*) of its own. A stack prediction allocates and frees tens of
 MiB per slice in three threads (network, reading, post-processing), so without help the
 resident memory grows by whatever the heaps keep. :func:`release_free_memory` asks glibc to
-return the free pages of every arena (``malloc_trim(0)``); it frees nothing in use. Measured on
-a 2048 x 2048 stack: the resident memory between slices stayed about 100 MiB lower, at well
-under a millisecond per call.
+return the free pages of every arena (``malloc_trim(0)``); it frees nothing in use and does
+nothing where glibc's ``malloc_trim`` is absent (its effect: ``docs/performance.md``).
 """
 
 from __future__ import annotations
