@@ -32,7 +32,7 @@ def test_free_heap_pages_are_returned():
 
 
 def test_without_malloc_trim_nothing_is_released_and_nothing_fails(monkeypatch):
-    import napari_unetkit.memory as memory
+    import napari_unetkit.speed.memory as memory
 
     monkeypatch.setattr(memory, "_malloc_trim", lambda: None)
     data = np.arange(1000)
