@@ -28,8 +28,8 @@ local cluster) is sampled every 50 ms. Steps:
 
 from __future__ import annotations
 
-# First, as in the product: the package sets the allocator options torch reads at import.
-import napari_unetkit  # noqa: F401  # isort: skip
+# First, as in the unetkit command: huge pages for torch, requested before torch is imported.
+import napari_unetkit.cli  # noqa: F401  # isort: skip
 import argparse
 import contextlib
 import json

@@ -22,8 +22,8 @@ Figures are plain text; RSS is read with psutil if installed, else from /proc/se
 
 from __future__ import annotations
 
-# First, as in the product: the package sets the allocator options torch reads at import.
-import napari_unetkit  # noqa: F401  # isort: skip
+# First, as in the unetkit command: huge pages for torch, requested before torch is imported.
+import napari_unetkit.cli  # noqa: F401  # isort: skip
 import argparse
 import os
 import tempfile

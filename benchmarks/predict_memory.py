@@ -29,8 +29,8 @@ because the working set of one slice does not depend on how many slices were wri
 
 from __future__ import annotations
 
-# First, as in the product: the package sets the allocator options torch reads at import.
-import napari_unetkit  # noqa: F401  # isort: skip
+# First, as in the unetkit command: huge pages for torch, requested before torch is imported.
+import napari_unetkit.cli  # noqa: F401  # isort: skip
 import argparse
 import json
 import os

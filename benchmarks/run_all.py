@@ -112,8 +112,8 @@ SECTIONS = (
         "patches, batches of 8) and neighbouring sizes; 2 threads. The trainer keeps weights "
         "and batches channels-last, and on CPUs with native bfloat16 (AVX512-BF16 or AMX) runs "
         "the forward pass under bfloat16 autocast; the first rows time the default case "
-        "without those, in the same run. Importing the package asks PyTorch for transparent "
-        "huge pages (see `src/napari_unetkit/__init__.py`), which slowed the NCHW float32 "
+        "without those, in the same run. The benchmark asks PyTorch for transparent huge "
+        "pages, as the `unetkit` command does (`speed.memory.request_huge_pages`), which slowed the NCHW float32 "
         "step (181-192 ms without, 221-259 ms with, on 2026-12-01) but not the trainer's "
         "channels-last steps.",
     ),
@@ -126,6 +126,16 @@ SECTIONS = (
         "epoch; a 10 ms Qt timer measures how long the GUI thread pauses. The idle row is the "
         "viewer alone. A largest gap well under 0.2 s means panning and painting stay fluid "
         "while training runs.",
+    ),
+    Section(
+        "huge_pages",
+        "Huge pages: the command's default, napari's opt-in",
+        ("benchmarks/huge_pages.py",),
+        "PyTorch reads `THP_MEM_ALLOC_ENABLE` once per process. The `unetkit` command sets it "
+        "to 1 (a process of its own); the napari plugin does not, because there it would "
+        "change every plugin's PyTorch: users who want the same speed in napari start it "
+        "with `THP_MEM_ALLOC_ENABLE=1 napari` (Linux). Fresh processes predicting a 1024 x "
+        "1024 image with the default network, alternating the setting.",
     ),
     Section(
         "training_recipes",
@@ -174,8 +184,9 @@ SECTIONS = (
         "with exact 96 px halos; reading, normalising and post-processing of neighbouring "
         "slices overlapped with the network; with `precision` mixed, levels 3 and coarser "
         "stored and computed in bfloat16; transparent huge pages for large tensors, which the "
-        "package requests before torch is imported (the plain baseline in the same process "
-        "gets them too).\n\n"
+        "`unetkit` command (and this benchmark) requests before torch is imported (the plain "
+        "baseline in the same process gets them too; the napari plugin leaves the choice to "
+        "the user, see the huge-pages section).\n\n"
         "What limits it, measured on the Zen 5 of the run below (2026-12-01): the float32 "
         "levels take 86 % of a mixed-precision forward pass (a profile of a 1120 x 1120 "
         "tile: full resolution 37 %, level 1 30 %, level 2 19 %) and their convolutions "

@@ -41,13 +41,13 @@ def test_without_malloc_trim_nothing_is_released_and_nothing_fails(monkeypatch):
 
 
 #: Prints the setting and the page faults of filling a new 64 MiB tensor, in a fresh process that
-#: imports the package before torch: 16,384 faults with 4 KiB pages, a few hundred with huge pages.
+#: imports {module} before torch: 16,384 faults with 4 KiB pages, a few hundred with huge pages.
 HUGE_PAGE_PROBE = """
-import napari_unetkit, os, resource, torch
+import {module}, os, resource, torch
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 tensor = torch.ones(64 * 2**20, dtype=torch.uint8)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-print(os.environ["THP_MEM_ALLOC_ENABLE"], after - before)
+print(os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), after - before)
 """
 
 
@@ -61,33 +61,56 @@ def huge_page_mode() -> str | None:
     return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
 
 
-def probe_huge_pages(env_value: str | None) -> tuple[str, int]:
+def probe_huge_pages(module: str, env_value: str | None) -> tuple[str, int]:
     env = dict(os.environ)
     env.pop("THP_MEM_ALLOC_ENABLE", None)
     if env_value is not None:
         env["THP_MEM_ALLOC_ENABLE"] = env_value
     completed = subprocess.run(
-        [sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True, text=True
+        [sys.executable, "-c", HUGE_PAGE_PROBE.format(module=module)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert completed.returncode == 0, completed.stderr
     setting, faults = completed.stdout.split()
     return setting, int(faults)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     huge_page_mode() not in ("always", "madvise"), reason="transparent huge pages are off here"
 )
-@pytest.mark.slow
-def test_importing_the_package_first_gives_large_tensors_huge_pages():
-    setting, faults = probe_huge_pages(None)
+def test_the_command_gives_large_tensors_huge_pages():
+    setting, faults = probe_huge_pages("napari_unetkit.cli", None)
     assert setting == "1"
     assert faults < 8192  # 64 MiB in 4 KiB pages would take 16,384
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PyTorch's THP is Linux-only")
-def test_the_users_huge_page_setting_wins():
-    setting, faults = probe_huge_pages("0")
-    assert setting == "0"
+def test_the_plugin_leaves_other_torch_users_alone():
+    # What napari does: import the package (and its widgets' engine modules), then torch.
+    setting, faults = probe_huge_pages("napari_unetkit, napari_unetkit.prediction", None)
+    assert setting == "unset"
     if huge_page_mode() == "madvise":  # huge pages only where asked for: here they are not
         assert faults >= 16384
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PyTorch's THP is Linux-only")
+def test_the_users_huge_page_setting_wins():
+    setting, faults = probe_huge_pages("napari_unetkit.cli", "0")
+    assert setting == "0"
+    if huge_page_mode() == "madvise":
+        assert faults >= 16384
+
+
+def test_huge_pages_are_not_requested_once_torch_is_imported(monkeypatch):
+    import torch  # noqa: F401
+
+    from napari_unetkit.speed.memory import request_huge_pages
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert request_huge_pages() is False
+    assert "THP_MEM_ALLOC_ENABLE" not in os.environ

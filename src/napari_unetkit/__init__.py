@@ -4,16 +4,10 @@ The engine (model, weight maps, training, prediction, model files, metrics) live
 modules that import neither napari nor Qt; the napari widgets live in
 :mod:`napari_unetkit._napari` and only translate layers to engine calls and back.
 
-Importing the package asks PyTorch (on Linux) to back large CPU tensors with transparent huge
-pages, unless the environment already says otherwise (``THP_MEM_ALLOC_ENABLE=0``). PyTorch
-reads the setting once, when it is first imported, so it takes effect only where
-``napari_unetkit`` is imported before ``torch`` (the ``unetkit`` command and the napari plugin
-are). Every fresh feature map of a prediction otherwise costs one page fault per 4 KiB
-(the measured effect: ``docs/performance.md``).
+Importing the package changes nothing in the process: in particular it leaves PyTorch's
+allocator settings alone, because inside napari they would apply to every PyTorch user. The
+``unetkit`` command, a process of its own, asks for huge pages
+(:func:`napari_unetkit.speed.memory.request_huge_pages`).
 """
-
-import os as _os
-
-_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"

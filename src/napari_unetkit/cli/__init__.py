@@ -10,9 +10,16 @@ Modules
         ``--scheduler``; :mod:`~napari_unetkit.cli.commands` hands such commands over to it.
 
 :func:`main` is the console entry point (``unetkit = "napari_unetkit.cli:main"``);
-``python -m napari_unetkit.cli`` runs the same.
+``python -m napari_unetkit.cli`` runs the same. Importing this package asks PyTorch for huge
+pages (:func:`~napari_unetkit.speed.memory.request_huge_pages`), so it must come before torch.
 """
 
-from napari_unetkit.cli.commands import main
+from napari_unetkit.speed.memory import request_huge_pages
+
+# The command is a process of its own: huge pages for large tensors, before torch is imported.
+request_huge_pages()
+
+from napari_unetkit.cli.commands import main  # noqa: E402
+
 
 __all__ = ["main"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 
 
@@ -42,3 +43,29 @@ def release_free_memory() -> bool:
     """
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+#: PyTorch's switch for backing large CPU tensors with transparent huge pages (Linux only).
+HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
+
+
+def request_huge_pages() -> bool:
+    """Ask PyTorch to back large CPU tensors with transparent huge pages, where it still can.
+
+    PyTorch reads ``THP_MEM_ALLOC_ENABLE`` once, when it is first imported, and the setting
+    then holds for the whole process. Only processes that are wholly this package's (the
+    ``unetkit`` command, its dask workers, which inherit the environment, and benchmarks) call
+    this; the napari plugin does not, so other plugins' PyTorch is left as the user set it.
+    A value the user already set (``THP_MEM_ALLOC_ENABLE=0``) wins.
+
+    Returns
+    -------
+    bool
+        Whether PyTorch will use huge pages in this process: on Linux, torch not yet imported
+        (or the variable already set to ``1`` before it was) and the variable ``1``.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    if "torch" not in sys.modules:
+        os.environ.setdefault(HUGE_PAGES_VARIABLE, "1")
+    return os.environ.get(HUGE_PAGES_VARIABLE) == "1"
