@@ -113,9 +113,9 @@ SECTIONS = (
         "and batches channels-last, and on CPUs with native bfloat16 (AVX512-BF16 or AMX) runs "
         "the forward pass under bfloat16 autocast; the first rows time the default case "
         "without those, in the same run. The benchmark asks PyTorch for transparent huge "
-        "pages, as the `unetkit` command does (`speed.memory.request_huge_pages`), which slowed the NCHW float32 "
-        "step (181-192 ms without, 221-259 ms with, on 2026-12-01) but not the trainer's "
-        "channels-last steps.",
+        "pages, as the `unetkit` command does (`speed.memory.request_huge_pages`), which "
+        "slowed the NCHW float32 step (181-192 ms without, 221-259 ms with, on 2026-12-01) "
+        "but not the trainer's channels-last steps.",
     ),
     Section(
         "gui_responsiveness",

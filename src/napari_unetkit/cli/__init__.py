@@ -21,5 +21,4 @@ request_huge_pages()
 
 from napari_unetkit.cli.commands import main  # noqa: E402
 
-
 __all__ = ["main"]
