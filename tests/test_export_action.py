@@ -45,7 +45,7 @@ def test_export_writes_a_package_that_the_panel_loads_back(
     monkeypatch.setattr(export_action, "ask_package_path", ask)
     monkeypatch.setattr(export_action, "show_info", messages.append)
     widget = dock(make_napari_viewer())
-    widget._file.value = model_file
+    widget._chooser.file.value = model_file
     qtbot.waitUntil(lambda: widget.model is not None, timeout=30_000)
     widget._export.button.native.click()
     assert asked == [tmp_path / "nuclei.bioimageio.zip"]
@@ -56,7 +56,7 @@ def test_export_writes_a_package_that_the_panel_loads_back(
     assert widget._export.button.enabled
 
     original, description = load_model(model_file)
-    widget._file.value = out
+    widget._chooser.file.value = out
     qtbot.waitUntil(lambda: widget.model is not None, timeout=30_000)
     assert widget.model.description == description
     for name, tensor in original.state_dict().items():
@@ -72,7 +72,7 @@ def test_export_without_a_model_or_with_the_dialog_cancelled(
     widget = dock(make_napari_viewer())
     widget._export.button.native.click()
     assert messages == [export_action.NO_MODEL_TEXT]
-    widget._file.value = model_file
+    widget._chooser.file.value = model_file
     widget._export.button.native.click()  # the dialog is cancelled: nothing starts
     assert not widget._export.runner.running
     assert not list(model_file.parent.glob("*.zip"))

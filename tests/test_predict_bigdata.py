@@ -43,7 +43,7 @@ def _no_session_model(monkeypatch):
 
 def dock(viewer, model_file):
     _, widget = viewer.window.add_plugin_dock_widget("napari-unetkit", "Predict with U-Net")
-    widget._file.value = model_file
+    widget._chooser.file.value = model_file
     widget._device.value = "cpu"
     return widget
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from napari.layers import Image, Labels
 
-from napari_unetkit._napari import predict_widget
+from napari_unetkit._napari import model_chooser
 from napari_unetkit._napari.layers import METADATA_KEY
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
@@ -102,7 +102,7 @@ def test_without_a_model_run_is_disabled_with_a_reason(make_napari_viewer):
     widget = dock(viewer)
     assert not widget._run.enabled
     assert "model" in widget._message.value and ".unet" in widget._message.value
-    widget._source.value = "session"
+    widget._chooser.source.value = "session"
     assert not widget._run.enabled
     assert "No model has been trained in this session" in widget._message.value
 
@@ -113,10 +113,10 @@ def test_bad_model_file_is_explained(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)))
     widget = dock(viewer)
-    widget._file.value = bad
+    widget._chooser.file.value = bad
     assert not widget._run.enabled
     assert "broken.unet is not a napari-unetkit model file" in widget._message.value
-    widget._file.value = tmp_path / "missing.unet"
+    widget._chooser.file.value = tmp_path / "missing.unet"
     assert "does not exist" in widget._message.value
 
 
@@ -124,8 +124,8 @@ def test_rgb_image_with_a_grey_model_is_explained(make_napari_viewer, instance_m
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
     widget = dock(viewer)
-    widget._file.value = instance_model
-    assert "Mode: instances" in widget._about.value
+    widget._chooser.file.value = instance_model
+    assert "Mode: instances" in widget._chooser.about.value
     assert not widget._run.enabled
     message = widget._message.value
     assert "1 channel (greyscale)" in message and "'photo' has 3 channels (RGB)" in message
@@ -137,28 +137,28 @@ def test_rgb_image_with_a_grey_model_is_explained(make_napari_viewer, instance_m
 def test_large_model_files_load_in_a_worker(
     make_napari_viewer, qtbot, monkeypatch, instance_model, tmp_path
 ):
-    monkeypatch.setattr(predict_widget, "GUI_LOAD_LIMIT_BYTES", 0)
+    monkeypatch.setattr(model_chooser, "GUI_LOAD_LIMIT_BYTES", 0)
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)))
     widget = dock(viewer)
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     assert "Loading" in widget._message.value and not widget._run.enabled
-    qtbot.waitUntil(lambda: not widget._loader.running, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget._chooser.loader.running, timeout=30_000)
     assert widget._run.enabled
-    assert "Input channels: 1" in widget._about.value
+    assert "Input channels: 1" in widget._chooser.about.value
 
     # A file chosen while another one loads is loaded next; the first one's result is dropped.
     copy = tmp_path / "copy.unet"
     copy.write_bytes(instance_model.read_bytes())
     bad = tmp_path / "bad.unet"
     bad.write_bytes(b"not a model")
-    widget._file.value = copy
-    assert widget._loader.running
-    widget._file.value = bad
+    widget._chooser.file.value = copy
+    assert widget._chooser.loader.running
+    widget._chooser.file.value = bad
     expected = "bad.unet is not a napari-unetkit model file"
     qtbot.waitUntil(lambda: expected in widget._message.value, timeout=30_000)
-    qtbot.waitUntil(lambda: not widget._loader.running, timeout=30_000)
-    assert widget._about.value == "" and not widget._run.enabled
+    qtbot.waitUntil(lambda: not widget._chooser.loader.running, timeout=30_000)
+    assert widget._chooser.about.value == "" and not widget._run.enabled
 
 
 # ------------------------------------------------------------------------------------ prediction
@@ -170,7 +170,7 @@ def test_widget_prediction_equals_the_engine(make_napari_viewer, qtbot, instance
     viewer.add_image(image, name="cells", scale=(0.5, 0.25), translate=(3, 4))
     viewer.add_labels(np.zeros((8, 8), np.int32), name="cells prediction")  # the user's
     widget = dock(viewer)
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     widget._own_settings.value = False
     widget._threshold.value = 0.6
     widget._min_size.value = 7
@@ -198,14 +198,14 @@ def test_the_model_s_own_instance_settings_are_shown_and_used(
     viewer = make_napari_viewer()
     viewer.add_image(image, name="cells")
     widget = dock(viewer)
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     predictor = Predictor.from_file(instance_model, device="cpu")
     stored = predictor.instance_settings
     assert widget._own_settings.value
     assert not widget._threshold.enabled and not widget._min_size.enabled
     assert widget._threshold.value == pytest.approx(stored.threshold, abs=0.01)
     assert widget._min_size.value == stored.min_size
-    assert "Instances: " in widget._about.value
+    assert "Instances: " in widget._chooser.about.value
     assert widget.settings.threshold is None and widget.settings.min_size is None
     run_and_wait(qtbot, widget)
     np.testing.assert_array_equal(predictions(viewer)[0].data, predictor.predict(image).labels)
@@ -219,7 +219,7 @@ def test_stack_slice_wise_and_current_slice_only(make_napari_viewer, qtbot, inst
     viewer = make_napari_viewer()
     viewer.add_image(lazy, name="stack", scale=(2, 1, 1), translate=(10, 0, 0))
     widget = dock(viewer)
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     run_and_wait(qtbot, widget)
     full = predictions(viewer)[0].data
     expected = Predictor.from_file(instance_model, device="cpu").predict(stack)
@@ -240,7 +240,7 @@ def test_probabilities_layer(make_napari_viewer, qtbot, instance_model):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="cells")
     widget = dock(viewer)
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     widget._probabilities.value = True
     run_and_wait(qtbot, widget)
     probability = viewer.layers["cells probability"]
@@ -254,7 +254,7 @@ def test_class_model_offers_semantic_output_only(make_napari_viewer, qtbot, clas
     viewer = make_napari_viewer()
     viewer.add_image(synthetic_nuclei(shape=(64, 64), seed=1)[0], name="cells")
     widget = dock(viewer)
-    widget._file.value = class_model
+    widget._chooser.file.value = class_model
     assert tuple(widget._output.choices) == ("semantic",)
     assert not widget._threshold.enabled
     widget._probabilities.value = True
@@ -269,7 +269,7 @@ def test_cancel_adds_no_layer(make_napari_viewer, qtbot, instance_model):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((3, 256, 256), np.float32), name="big")
     widget = dock(viewer)
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     widget._tile_size.value = 16  # hundreds of tiles
     widget._run.native.click()
     assert widget._runner.running and widget._run.text == "Cancel"
@@ -289,11 +289,11 @@ def test_model_trained_in_this_session_becomes_the_selection(
     viewer = make_napari_viewer()
     viewer.add_image(synthetic_nuclei(shape=(64, 64), seed=2)[0], name="cells")
     widget = dock(viewer)
-    assert widget._source.value == "file" and not widget._run.enabled
+    assert widget._chooser.source.value == "file" and not widget._run.enabled
     model, description = load_model(instance_model)
     SESSION.publish(TrainedModel(model, description, None))
-    assert widget._source.value == "session" and widget._run.enabled
-    assert widget._about.value.startswith("Trained in this session\nMode: instances")
+    assert widget._chooser.source.value == "session" and widget._run.enabled
+    assert widget._chooser.about.value.startswith("Trained in this session\nMode: instances")
     run_and_wait(qtbot, widget)
     (layer,) = predictions(viewer)
     assert layer.metadata["model"] == "trained in this session"
@@ -302,22 +302,25 @@ def test_model_trained_in_this_session_becomes_the_selection(
 
 def test_settings_are_remembered(make_napari_viewer, instance_model, tmp_path):
     widget = dock(make_napari_viewer())
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     widget._own_settings.value = False
     widget._tta.value = True
     widget._tile_size.value = 256
     widget._output.value = "semantic"
     widget._device.value = "cpu"
     second = dock(make_napari_viewer())
-    assert second._file.value == instance_model and "Mode: instances" in second._about.value
+    assert (
+        second._chooser.file.value == instance_model
+        and "Mode: instances" in second._chooser.about.value
+    )
     assert second._own_settings.value is False
     assert (second._tta.value, second._tile_size.value) == (True, 256)
     assert (second._output.value, second._device.value) == ("semantic", "cpu")
 
     gone = tmp_path / "gone.unet"
-    second._file.value = gone
+    second._chooser.file.value = gone
     third = dock(make_napari_viewer())
-    assert third._file.value is None  # a remembered file that no longer exists is dropped
+    assert third._chooser.file.value is None  # a remembered file that no longer exists is dropped
 
 
 def test_engine_errors_are_shown_in_the_widget(make_napari_viewer, qtbot, instance_model):
@@ -326,7 +329,7 @@ def test_engine_errors_are_shown_in_the_widget(make_napari_viewer, qtbot, instan
     viewer = make_napari_viewer()
     viewer.add_image(image, name="holes")
     widget = dock(viewer)
-    widget._file.value = instance_model
+    widget._chooser.file.value = instance_model
     run_and_wait(qtbot, widget)
     assert predictions(viewer) == []
     assert widget._message.value.startswith("Prediction failed: The image contains NaN")
@@ -342,7 +345,7 @@ def test_loading_a_model_file_in_a_fresh_napari_does_not_crash(instance_model, t
         "viewer = napari.Viewer(show=False)\n"
         "viewer.add_image(np.zeros((32, 32)))\n"
         "widget = PredictWidget(viewer)\n"
-        "widget._file.value = sys.argv[1]\n"
+        "widget._chooser.file.value = sys.argv[1]\n"
         "assert widget._run.enabled, widget._message.value\n"
         "viewer.close()\n"
     )

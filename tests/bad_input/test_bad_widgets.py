@@ -240,17 +240,17 @@ def test_predict_widget_explains_bad_models_and_images(make_napari_viewer, tmp_p
     for name, (writer, fragment) in BAD_MODEL_FILES.items():
         path = tmp_path / f"{name.replace(' ', '_')}.unet"
         writer(path, marker)
-        widget._file.value = path
+        widget._chooser.file.value = path
         assert not widget._run.enabled, name
         assert f"{path.name} is not a napari-unetkit model file" in widget._message.value
         assert fragment in widget._message.value
     assert not marker.exists()  # no code from a model file ever ran
 
-    widget._file.value = models["rgb"]
+    widget._chooser.file.value = models["rgb"]
     widget._image.value = grey
     assert not widget._run.enabled
     assert "The model expects 3 channels (RGB) but 'grey' has 1 channel" in widget._message.value
-    widget._file.value = models["grey"]
+    widget._chooser.file.value = models["grey"]
     assert widget._run.enabled, widget._message.value
     widget._image.value = viewer.add_image(np.zeros((16, 16), bool), name="mask")
     assert not widget._run.enabled and "'mask': The image is boolean" in widget._message.value
@@ -260,7 +260,7 @@ def test_predict_widget_explains_bad_models_and_images(make_napari_viewer, tmp_p
 def test_predict_widget_handles_odd_images(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()
     widget = dock(viewer, "Predict with U-Net")
-    widget._file.value = models["grey"]
+    widget._chooser.file.value = models["grey"]
     shapes = {"5x7": (5, 7), "4x4000": (4, 4000), "4D": (2, 2, 16, 24), "5D": (1, 2, 2, 8, 8)}
     for name, shape in shapes.items():
         image = cells(shape)[0]
@@ -294,7 +294,7 @@ def test_closing_the_viewer_while_predicting_stops_the_job(
     viewer = make_napari_viewer()
     viewer.add_image(cells((6, 32, 32))[0], name="stack")
     widget = dock(viewer, "Predict with U-Net")
-    widget._file.value = models["grey"]
+    widget._chooser.file.value = models["grey"]
     runner = widget._runner
     widget._run.native.click()
     qtbot.waitUntil(entered.is_set, timeout=TIMEOUT_MS)

@@ -10,12 +10,10 @@ JobRunner` worker; its result is always added as new layers, and a cancelled run
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import napari.viewer
 import numpy as np
@@ -23,13 +21,11 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
     SpinBox,
-    TextEdit,
     create_widget,
 )
 from napari.layers import Image, Layer
@@ -47,24 +43,15 @@ from napari_unetkit._napari.layers import (
     placement,
     unique_name,
 )
-from napari_unetkit._napari.model_chooser import RecentModels
+from napari_unetkit._napari.model_chooser import SESSION_SOURCE, ChosenModel, ModelChooser
 from napari_unetkit._napari.predict_bigdata import EVENT, BigDataOptions
-from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
 from napari_unetkit.device import available_devices, describe_device
-from napari_unetkit.model import UNet
-from napari_unetkit.modelfile import ModelFileError, describe_model, load_model
-from napari_unetkit.postprocess import InstanceSettings
-from napari_unetkit.prediction import PredictionResult, Predictor, instance_settings_of
+from napari_unetkit.modelfile import describe_model
+from napari_unetkit.prediction import PredictionResult, Predictor
 from napari_unetkit.tiling import MAX_AUTO_TILE_CPU
 
-#: Model files up to this size are loaded in the GUI thread when chosen (well under a second);
-#: larger ones are loaded in a worker.
-GUI_LOAD_LIMIT_BYTES = 64 * 1024**2
-
-SESSION_SOURCE = "session"
-FILE_SOURCE = "file"
 RUN_TEXT = "Run"
 CANCEL_TEXT = "Cancel"
 
@@ -74,51 +61,6 @@ TILE_TOOLTIP = (
     f"to {MAX_AUTO_TILE_CPU} px). Each tile also reads some context around it, so the result "
     "does not depend on the tile size; choose a smaller size if you run out of memory."
 )
-
-
-@dataclass(frozen=True)
-class ChosenModel:
-    """A model ready to predict with.
-
-    Attributes
-    ----------
-    model : UNet
-        The network (on the CPU, eval mode).
-    description : dict
-        Its description.
-    path : pathlib.Path or None
-        Its file, if it has one.
-    origin : str
-        ``"session"`` or ``"file"``.
-    """
-
-    model: UNet
-    description: dict
-    path: Path | None
-    origin: str
-
-    @property
-    def in_channels(self) -> int:
-        """Number of channels an input image must have (the network may read some of them)."""
-        stored = self.description.get("channels")
-        return int(stored["of"]) if stored else self.model.config.in_channels
-
-    @property
-    def instance_settings(self) -> InstanceSettings:
-        """The instance settings stored with the model."""
-        return instance_settings_of(self.description)
-
-    @property
-    def mode(self) -> str:
-        """``"instances"`` or ``"classes"``."""
-        return str(self.description.get("mode"))
-
-    @property
-    def label(self) -> str:
-        """Where the model comes from, in words (for layer metadata and messages)."""
-        if self.origin == SESSION_SOURCE:
-            return "trained in this session" + (f" (saved as {self.path})" if self.path else "")
-        return str(self.path)
 
 
 @dataclass(frozen=True)
@@ -163,52 +105,6 @@ class RunContext:
             "settings": self.settings.to_dict(),
             "device": self.device,
         }
-
-
-# ------------------------------------------------------------------------------ model loading
-
-
-def load_model_file(path: Path) -> ChosenModel:
-    """Load a ``.unet`` file onto the CPU.
-
-    Raises
-    ------
-    ModelFileError, OSError
-        With a sentence for the user.
-    """
-    model, description = load_model(path, device="cpu")
-    return ChosenModel(model, description, path, FILE_SOURCE)
-
-
-def model_from_session(trained: TrainedModel) -> ChosenModel:
-    """Wrap the session's latest trained model."""
-    return ChosenModel(trained.model, trained.description, trained.path, SESSION_SOURCE)
-
-
-def file_problem(path: Path | None) -> str | None:
-    """Say why ``path`` cannot be a model file before reading it (``None`` when it may be)."""
-    if path is None:
-        return "Choose a model file (.unet), or train a model with 'Train U-Net'."
-    if not path.exists():
-        return f"The model file {path} does not exist."
-    if not path.is_file():
-        return f"{path} is a folder: choose a model file (.unet)."
-    return None
-
-
-def file_key(path: Path) -> tuple[str, int, int]:
-    """Identify a file's current contents cheaply (path, size, modification time)."""
-    stat = path.stat()
-    return str(path), stat.st_size, stat.st_mtime_ns
-
-
-def describe_choice(chosen: ChosenModel) -> str:
-    """Return the text shown in the widget's description box."""
-    if chosen.origin == SESSION_SOURCE:
-        where = "Trained in this session" + (f", saved as {chosen.path}" if chosen.path else "")
-    else:
-        where = f"File: {chosen.path.name}"
-    return f"{where}\n{describe_model(chosen.description)}"
 
 
 # ------------------------------------------------------------------------------ validation
@@ -306,23 +202,6 @@ def prediction_job(
     return job
 
 
-def load_job(path: Path) -> Job:
-    """Return a job loading a model file; it returns a :class:`ChosenModel` or an error text."""
-
-    def job(emit, cancel) -> ChosenModel | str:
-        return load_or_error(path)
-
-    return job
-
-
-def load_or_error(path: Path) -> ChosenModel | str:
-    """Load a model file; return the error's sentence instead of raising it."""
-    try:
-        return load_model_file(path)
-    except (ModelFileError, OSError) as error:
-        return str(error)
-
-
 # ------------------------------------------------------------------------------ results
 
 
@@ -410,10 +289,6 @@ class PredictWidget(Container):
         protect_from_triton_crash()
         self._viewer = viewer
         self._runner = JobRunner("Prediction")
-        self._loader = JobRunner("Loading model")
-        self._file_key: tuple | None = None
-        self._file_model: ChosenModel | None = None
-        self._file_error: str | None = None
         self._context: RunContext | None = None
         self._cancelled = False
         self._outcome: str | None = None
@@ -423,7 +298,7 @@ class PredictWidget(Container):
         remember(
             "predict",
             {
-                "model_file": self._file,
+                "model_file": self._chooser.file,
                 "output": self._output,
                 "own_instance_settings": self._own_settings,
                 "link_3d": self._link_3d,
@@ -433,29 +308,12 @@ class PredictWidget(Container):
                 "device": self._device,
             },
         )
-        self._forget_missing_file()
         self._connect()
-        self._load_file()
+        self._chooser.start()
 
     # -- construction -------------------------------------------------------------------------
     def _build_fields(self) -> None:
-        self._source = ComboBox(
-            label="Model",
-            choices=[
-                ("trained in this session", SESSION_SOURCE),
-                ("model file", FILE_SOURCE),
-            ],
-            value=SESSION_SOURCE if SESSION.latest is not None else FILE_SOURCE,
-            tooltip="Use the model the 'Train U-Net' widget trained last, or a saved .unet file "
-            "(or a bioimage.io package exported by napari-unetkit).",
-        )
-        self._file = FileEdit(label="Model file", mode="r", filter="*.unet *.zip", nullable=True)
-        self._recent = RecentModels(on_choose=lambda path: setattr(self._file, "value", path))
-        self._about = TextEdit(label="About the model", value="")
-        self._about.read_only = True
-        self._about.native.setMaximumHeight(130)
-        # Not "expanding" (a text box's default): the row would take the dock's spare height.
-        self._about.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+        self._chooser = ModelChooser(on_change=self._validate)
         self._image = create_widget(annotation=Image, label="Image")
         self._image.tooltip = "2D, RGB, or a stack (3D/4D) predicted slice by slice."
         self._output = ComboBox(
@@ -533,10 +391,7 @@ class PredictWidget(Container):
         self._bigdata = BigDataOptions(self._viewer)  # zarr output, Folder mode
         self.extend(
             [
-                self._source,
-                self._recent,
-                self._file,
-                self._about,
+                self._chooser,
                 self._bigdata,
                 self._image,
                 self._output,
@@ -556,9 +411,7 @@ class PredictWidget(Container):
         )
 
     def _connect(self) -> None:
-        self._file.changed.connect(self._on_file_chosen)
         for field_ in (
-            self._source,
             self._image,
             self._output,
             self._current_slice,
@@ -570,8 +423,7 @@ class PredictWidget(Container):
         self._run.changed.connect(self._run_or_cancel)
         self._viewer.dims.events.point.connect(self._validate_if_previewing)
         self._viewer.dims.events.ndisplay.connect(self._validate_if_previewing)
-        SESSION.changed.connect(self._on_session_model)
-        # SESSION and the viewer may outlive the widget: stop listening when Qt deletes it.
+        # The viewer may outlive the widget: stop listening when Qt deletes it.
         self.native.destroyed.connect(self._disconnect)
 
     def _disconnect(self, *_: object) -> None:
@@ -579,87 +431,19 @@ class PredictWidget(Container):
         # callbacks then touch no widget and add no layer.
         self._alive = False
         self._runner.cancel()
-        self._loader.cancel()
-        with contextlib.suppress(ValueError, RuntimeError):
-            SESSION.changed.disconnect(self._on_session_model)
+        self._chooser.stop()
         for emitter in (self._viewer.dims.events.point, self._viewer.dims.events.ndisplay):
             emitter.disconnect(self._validate_if_previewing)
 
-    def _forget_missing_file(self) -> None:
-        """Drop a remembered model file that no longer exists."""
-        path = self._file.value
-        if path is not None and not path.is_file():
-            self._file.value = None
-
     # -- the model ----------------------------------------------------------------------------
-    def _on_session_model(self, trained: TrainedModel) -> None:
-        """Select the model just trained (a running job keeps the model it started with)."""
-        self._recent.refresh()
-        self._source.value = SESSION_SOURCE
-        self._validate()
-
-    def _on_file_chosen(self, *_: object) -> None:
-        if self._file.value is not None:
-            self._source.value = FILE_SOURCE
-        self._load_file()
-
-    def _load_file(self, *_: object) -> None:
-        """Load the chosen model file unless it is loaded already, then validate."""
-        if not self._alive:
-            return
-        path = self._file.value
-        problem = file_problem(path)
-        key = None if problem else file_key(path)
-        if key is None or key != self._file_key:
-            self._file_key, self._file_model, self._file_error = key, None, problem
-        if key is not None and self._file_model is None and self._file_error is None:
-            self._start_loading(path, key)
-        self._validate()
-
-    def _start_loading(self, path: Path, key: tuple) -> None:
-        """Load small files now; large ones in a worker, one at a time."""
-        if key[1] <= GUI_LOAD_LIMIT_BYTES:
-            self._store_loaded(key, load_or_error(path))
-        elif not self._loader.running:
-            self._loader.start(
-                load_job(path),
-                on_result=lambda loaded: self._store_loaded(key, loaded),
-                on_finished=self._load_file,  # the user may have chosen another file meanwhile
-            )
-
-    def _store_loaded(self, key: tuple, loaded: ChosenModel | str) -> None:
-        if key != self._file_key:
-            return  # another file was chosen while this one loaded
-        if isinstance(loaded, str):
-            self._file_model, self._file_error = None, loaded
-        else:
-            self._file_model, self._file_error = loaded, None
-
     @property
     def model(self) -> ChosenModel | None:
         """The selected model, or ``None`` if there is none (yet)."""
-        if self._source.value == SESSION_SOURCE:
-            trained = SESSION.latest
-            return None if trained is None else model_from_session(trained)
-        return self._file_model
-
-    def _model_problem(self) -> str | None:
-        if self._source.value == SESSION_SOURCE:
-            if SESSION.latest is None:
-                return (
-                    "No model has been trained in this session yet: train one with 'Train "
-                    "U-Net', or choose 'model file' and a .unet file."
-                )
-            return None
-        if self._file_error is not None:
-            return self._file_error
-        if self._file_model is None:
-            return "Loading the model file..."
-        return None
+        return self._chooser.model
 
     # -- validation ---------------------------------------------------------------------------
     def _problem(self) -> str | None:
-        problem = self._model_problem()
+        problem = self._chooser.problem()
         if problem is not None:
             return problem
         layer = self._image.value
@@ -704,9 +488,7 @@ class PredictWidget(Container):
 
     def _update_fields(self) -> None:
         """Show what applies to the chosen model, output and image."""
-        self._file.visible = self._source.value == FILE_SOURCE
-        chosen = self.model
-        self._about.value = describe_choice(chosen) if chosen is not None else ""
+        chosen = self._chooser.update()
         self._set_output_choices(chosen)
         instances = self._output.value == "instances"
         stack = self._is_stack(self._image.value)
