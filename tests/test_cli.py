@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unetkit.cli.commands import infer_channel_axis, main
+from napari_unetkit.cli.commands import main
+from napari_unetkit.layout import infer_channel_axis
 from napari_unetkit.metrics import evaluate
 from napari_unetkit.modelfile import load_model
 from napari_unetkit.prediction import Predictor

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_unetkit import bigio
+from napari_unetkit.layout import infer_channel_axis
 from napari_unetkit.progress import Cancelled, check_cancel
 
 #: Files a folder or pattern matches.
@@ -150,11 +151,9 @@ def run_batch(
 def channel_axis_of(lazy: bigio.LazyImage, channels: int) -> int | None:
     """Return the channel axis of an opened image: its ``c`` axis, else as the CLI guesses it.
 
-    See :func:`napari_unetkit.cli.commands.infer_channel_axis` (the last or first axis of the
+    See :func:`napari_unetkit.layout.infer_channel_axis` (the last or first axis of the
     model's channel count, for models of more than one channel).
     """
-    from napari_unetkit.cli.commands import infer_channel_axis
-
     if lazy.axes and "c" in lazy.axes:
         return lazy.axes.index("c")
     return infer_channel_axis(tuple(lazy.array.shape), channels=channels)

@@ -140,6 +140,29 @@ def get_slice(
     return np.moveaxis(data, remaining_channel, 0)
 
 
+def infer_channel_axis(
+    image_shape: tuple[int, ...],
+    channels: int | None = None,
+    labels_shape: tuple[int, ...] | None = None,
+) -> int | None:
+    """Guess the channel axis of an image read from a file (no axis names known).
+
+    With labels: the axis whose removal gives the labels' shape (last axis first). With a
+    model's channel count ``channels > 1``: the last axis if it has that size, else the first.
+    Otherwise ``None`` (grey image or stack).
+    """
+    if labels_shape is not None and len(image_shape) == len(labels_shape) + 1:
+        for axis in (len(image_shape) - 1, 0):
+            if image_shape[:axis] + image_shape[axis + 1 :] == tuple(labels_shape):
+                return axis - len(image_shape) if axis else 0
+    if channels and channels > 1:
+        if image_shape[-1] == channels:
+            return -1
+        if image_shape[0] == channels:
+            return 0
+    return None
+
+
 def check_channel_choice(channels: Sequence[int] | None, available: int) -> list[int] | None:
     """Validate a choice of channels (indices into the channel axis) for ``available`` channels.
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from napari_unetkit import __version__
 from napari_unetkit.cli import bigdata as cli_bigdata
+from napari_unetkit.layout import infer_channel_axis
 from napari_unetkit.progress import GENERIC_CANCEL, Cancelled
 from napari_unetkit.weightmap import CLASS_BALANCES, DEFAULT_PRESET, PRESETS
 
@@ -333,29 +334,6 @@ def _add_weightmap_options(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------
 # Subcommands
 # ------------------------------------------------------------------------------------------
-
-
-def infer_channel_axis(
-    image_shape: tuple[int, ...],
-    channels: int | None = None,
-    labels_shape: tuple[int, ...] | None = None,
-) -> int | None:
-    """Guess the channel axis of an image read from a file.
-
-    With labels: the axis whose removal gives the labels' shape (last axis first). With a
-    model's channel count ``channels > 1``: the last axis if it has that size, else the first.
-    Otherwise ``None`` (grey image or stack).
-    """
-    if labels_shape is not None and len(image_shape) == len(labels_shape) + 1:
-        for axis in (len(image_shape) - 1, 0):
-            if image_shape[:axis] + image_shape[axis + 1 :] == tuple(labels_shape):
-                return axis - len(image_shape) if axis else 0
-    if channels and channels > 1:
-        if image_shape[-1] == channels:
-            return -1
-        if image_shape[0] == channels:
-            return 0
-    return None
 
 
 def _train_progress_printer(display: TextProgress):
