@@ -166,12 +166,14 @@ class Predictor:
         ``"auto"`` or an explicit device (see :func:`napari_unetkit.device.resolve_device`).
     tile_size : int or None
         Tile core size in pixels, rounded up to a multiple of ``2**depth``; ``None`` chooses one
-        with :func:`auto_tile_size`. A tile larger than the image is shrunk to fit it.
+        with :func:`~napari_unetkit.tiling.auto_tile_size`. A tile larger than the image is
+        shrunk to fit it.
     batch_size : int or None
         Tiles per forward pass; ``None``: 4 on CUDA, 1 elsewhere.
     halo : int or None
         Context in pixels on each side of a tile core, rounded up to a multiple of
-        ``2**depth``; ``None`` uses :func:`default_halo`. It may exceed the tile size.
+        ``2**depth``; ``None`` uses :func:`~napari_unetkit.tiling.default_halo`. It may exceed
+        the tile size.
     tta : bool
         Average the probabilities of the identity, x-flip, y-flip and xy-flip of every tile.
     precision : {"auto", "float32", "mixed", "half"}
@@ -179,7 +181,7 @@ class Predictor:
         :func:`napari_unetkit.speed.precision.resolve_precision`); the resolved name is kept in
         ``self.precision``. Probabilities are always computed in float32 from the logits.
     border : {"network", "mirror"}
-        What the network sees beyond the slice border (see the module docstring):
+        What the network sees beyond the slice border (see :mod:`napari_unetkit.tiling`):
         ``"network"`` gives exactly one plain whole-slice call of the network, ``"mirror"``
         the paper's mirrored context.
 
