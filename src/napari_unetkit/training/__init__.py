@@ -31,12 +31,14 @@ Modules
         :class:`TrainProgress` (progress events) and :class:`TrainResult`.
     :mod:`~napari_unetkit.training.schedule`
         The optimiser and :func:`learning_rate_at`.
+    :mod:`~napari_unetkit.training.budget`
+        The epochs and time limit: the used fraction, whether time is up, estimates.
     :mod:`~napari_unetkit.training.validation`
         Scoring on whole validation slices.
     :mod:`~napari_unetkit.training.setup`
         Data preparation, the validation split, resuming, building the model, autocast.
     :mod:`~napari_unetkit.training.loop`
-        The run: steps, epochs, budget, keeping and saving the best model.
+        The run: steps, epochs, cancel, keeping and saving the best model.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The training loop of one run (:class:`Run`): steps, epochs, budget, validation, saving.
+"""The training loop of one run (:class:`Run`): steps, epochs, validation, saving.
 
 :class:`Run` takes a :class:`~napari_unetkit.training.setup.Setup` and trains until the
-epochs or the time limit are used up or ``cancel`` is set (see :func:`napari_unetkit.training.train`
-for the budget and cancel contract). It keeps the weights of the best validated epoch, writes
+epochs or the time limit are used up (its :class:`~napari_unetkit.training.budget.Budget`
+says when) or ``cancel`` is set (see :func:`napari_unetkit.training.train` for the budget and
+cancel contract). It keeps the weights of the best validated epoch, writes
 them (with the model description) atomically whenever they improve, calibrates the instance
 settings at the end and returns a :class:`~napari_unetkit.training.events.TrainResult`.
 """
@@ -25,6 +26,7 @@ from napari_unetkit.losses import training_loss
 from napari_unetkit.modelfile import read_description, save_model
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.speed.inference import uses_channels_last
+from napari_unetkit.training.budget import Budget
 from napari_unetkit.training.events import (
     NOTHING_SAVED,
     EpochHook,
@@ -95,7 +97,13 @@ class Run:
         self.instance_settings = self.validator.instance_settings
         self.calibration: dict | None = None
         self.model_path: Path | None = None
-        self.train_start = time.perf_counter()
+        self.budget = Budget(
+            epochs=self.config.epochs,
+            time_limit=self.config.time_limit,
+            steps_per_epoch=setup.steps_per_epoch,
+            start=setup.start,
+            train_start=time.perf_counter(),
+        )
         self.step_seconds = 0.0  # total duration of the steps (validation excluded)
         self.stopped_by: str | None = None
 
@@ -104,7 +112,7 @@ class Run:
     @property
     def elapsed(self) -> float:
         """Seconds since :func:`~napari_unetkit.training.train` was called."""
-        return time.perf_counter() - self.s.start
+        return self.budget.elapsed()
 
     @property
     def n_epochs(self) -> int | None:
@@ -112,50 +120,19 @@ class Run:
         epochs = self.config.epochs
         return None if epochs is None else self.first_epoch + epochs
 
-    @property
-    def total_steps(self) -> int | None:
-        """Steps of this run when ``epochs`` bounds it, else ``None``."""
-        epochs = self.config.epochs
-        return None if epochs is None else epochs * self.s.steps_per_epoch
-
-    def total_steps_estimate(self) -> int | None:
-        """Estimate the steps of the whole run (exact with epochs; extrapolated in time)."""
-        estimates = [] if self.total_steps is None else [self.total_steps]
-        budget = self._time_budget()
-        if budget is not None and self.steps_run:
-            used = (time.perf_counter() - self.train_start) / budget
-            estimates.append(max(self.steps_run, round(self.steps_run / max(used, 1e-6))))
-        return min(estimates) if estimates else None
-
-    def _time_budget(self) -> float | None:
-        """Seconds of the time limit left for training when the loop started."""
-        if self.config.time_limit is None:
-            return None
-        return max(self.config.time_limit - (self.train_start - self.s.start), 1e-3)
-
-    def budget_fraction(self) -> float:
-        """Return the used fraction of the budget (steps or time, whichever is ahead)."""
-        fractions = []
-        if self.total_steps:
-            fractions.append((self.steps_run + 1) / self.total_steps)
-        budget = self._time_budget()
-        if budget is not None:
-            fractions.append((time.perf_counter() - self.train_start) / budget)
-        return max(fractions)
-
     def time_is_up(self) -> bool:
         """Whether the time limit leaves no room for another step plus a validation.
 
         The first step always runs, so every run trains (and validates) at least once.
         """
-        if self.config.time_limit is None or self.steps_run == 0:
-            return False
-        step = self.step_seconds / self.steps_run
-        reserve = step
-        if self.s.val_slices:
-            validation = self.validator.seconds or self.first_validation_estimate(step)
-            reserve += validation + self.calibration_estimate()
-        return self.elapsed + reserve >= self.config.time_limit
+        return self.budget.time_is_up(self.steps_run, self.step_seconds, self._after_step)
+
+    def _after_step(self, step_seconds: float) -> float:
+        """Seconds the final validation and calibration need (none without validation)."""
+        if not self.s.val_slices:
+            return 0.0
+        validation = self.validator.seconds or self.first_validation_estimate(step_seconds)
+        return validation + self.calibration_estimate()
 
     def first_validation_estimate(self, step_seconds: float) -> float:
         """Estimate a validation's seconds before the first one has run.
@@ -175,15 +152,10 @@ class Run:
 
     def eta(self) -> float | None:
         """Estimated seconds left (the smaller of the epoch and time-limit estimates)."""
-        estimates = []
-        if self.config.time_limit is not None:
-            estimates.append(max(self.config.time_limit - self.elapsed, 0.0))
-        if self.total_steps and self.steps_run:
-            per_step = self.step_seconds / self.steps_run
-            remaining = (self.total_steps - self.steps_run) * per_step
-            validations_left = (self.n_epochs or 0) - self.first_epoch - len(self.history)
-            estimates.append(remaining + max(validations_left, 0) * self.validator.seconds)
-        return min(estimates) if estimates else None
+        validations_left = (self.n_epochs or 0) - self.first_epoch - len(self.history)
+        return self.budget.eta(
+            self.steps_run, self.step_seconds, validations_left, self.validator.seconds
+        )
 
     @property
     def current_epoch(self) -> int:
@@ -209,7 +181,7 @@ class Run:
                 n_epochs=self.n_epochs,
                 step=self.epoch_steps,
                 steps_per_epoch=self.s.steps_per_epoch,
-                total_steps_estimate=self.total_steps_estimate(),
+                total_steps_estimate=self.budget.total_steps_estimate(self.steps_run),
                 train_loss=mean if stage == "training" else last.get("train_loss", mean),
                 val_loss=last.get("val_loss"),
                 metrics={k: last[k] for k in ("val_f1", "val_iou", "score") if k in last},
@@ -225,7 +197,7 @@ class Run:
     def step(self) -> None:
         """One optimiser step on a fresh batch of patches."""
         images, targets, weights = self.sampler.sample_batch(self.config.batch_size)
-        self.lr = learning_rate_at(self.config, self.budget_fraction())
+        self.lr = learning_rate_at(self.config, self.budget.fraction_used(self.steps_run))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         self.steps_run += 1
