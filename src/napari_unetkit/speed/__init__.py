@@ -14,5 +14,6 @@ Modules
         ``float32`` / ``mixed`` / ``half``: which levels run in 16 bits, and whether the
         hardware computes 16-bit types natively.
     :mod:`~napari_unetkit.speed.memory`
-        Hands the C heaps' free pages back to the system between slices.
+        Hands the C heaps' free pages back to the system between slices; asks PyTorch for
+        huge pages in processes that are wholly this package's (the ``unetkit`` command).
 """

@@ -1,12 +1,18 @@
-"""Give memory that the C heap keeps after ``free`` back to the operating system.
+"""Process memory: free pages back to the system, and huge pages for large tensors.
 
-glibc's ``malloc`` serves allocations below a threshold (which it raises up to 32 MiB as
-large blocks are freed) from heaps that it shrinks only from the top, and every thread that
-allocates gets a heap (an *arena*) of its own. A stack prediction allocates and frees tens of
-MiB per slice in three threads (network, reading, post-processing), so without help the
-resident memory grows by whatever the heaps keep. :func:`release_free_memory` asks glibc to
-return the free pages of every arena (``malloc_trim(0)``); it frees nothing in use and does
-nothing where glibc's ``malloc_trim`` is absent (its effect: ``docs/performance.md``).
+:func:`release_free_memory` gives memory that the C heap keeps after ``free`` back to the
+operating system. glibc's ``malloc`` serves allocations below a threshold (which it raises up
+to 32 MiB as large blocks are freed) from heaps that it shrinks only from the top, and every
+thread that allocates gets a heap (an *arena*) of its own. A stack prediction allocates and
+frees tens of MiB per slice in three threads (network, reading, post-processing), so without
+help the resident memory grows by whatever the heaps keep. :func:`release_free_memory` asks
+glibc to return the free pages of every arena (``malloc_trim(0)``); it frees nothing in use and does
+nothing where glibc's ``malloc_trim`` is absent.
+
+:func:`request_huge_pages` asks PyTorch (on Linux, before torch is imported) to back large CPU
+tensors with transparent huge pages; only processes wholly this package's call it.
+
+The effect of both: ``docs/performance.md``.
 """
 
 from __future__ import annotations
