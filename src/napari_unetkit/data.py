@@ -355,14 +355,32 @@ def balanced_class_weights(target: np.ndarray, annotated: np.ndarray) -> np.ndar
     numpy.ndarray
         float32 weights; every present class gets the same total weight ``N / K_present``.
     """
-    counts = np.bincount(target[annotated])
+    per_class = per_class_weights(np.bincount(target[annotated]))
+    weights = np.zeros(target.shape, dtype=np.float32)
+    weights[annotated] = per_class[target[annotated]]
+    return weights
+
+
+def per_class_weights(counts: np.ndarray) -> np.ndarray:
+    """Return the per-class weights ``N / (K_present N_k)`` of painted pixel counts per class.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        ``N_k``, annotated pixels of each class index ``k``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 weight of each class (0 for an absent class); what
+        :func:`balanced_class_weights` puts on the pixels of each class.
+    """
+    counts = np.asarray(counts)
     present = np.count_nonzero(counts)
     total = int(counts.sum())
     per_class = np.zeros(counts.size, dtype=np.float64)
     np.divide(total, present * counts, out=per_class, where=counts > 0)
-    weights = np.zeros(target.shape, dtype=np.float32)
-    weights[annotated] = per_class[target[annotated]]
-    return weights
+    return per_class
 
 
 def _class_target(
@@ -867,12 +885,18 @@ class PatchSampler:
         flat = int(pool[self._rng.integers(len(pool))])
         return divmod(flat, self.slices[k].shape[1])
 
+    def _window(
+        self, k: int, top: int, left: int, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image, target and weights of a window of slice ``k`` (see :func:`_cut_window`)."""
+        return _cut_window(self.slices[k], top, left, shape)
+
     def _patch(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         item = self.slices[k]
         (cy, cx), (py, px) = self._centre(k), self.patch_shape
         top, left = _patch_start(cy, item.shape[0], py), _patch_start(cx, item.shape[1], px)
         margin = self.augmentation.margin()
-        window = _cut_window(item, top - margin, left - margin, (py + 2 * margin, px + 2 * margin))
+        window = self._window(k, top - margin, left - margin, (py + 2 * margin, px + 2 * margin))
         patch = augment_patch(*window, self.augmentation, self._rng, margin)
         if not np.any(patch[2] > 0):
             # The deformation pushed every annotated pixel out of the patch: redo it rigidly.

@@ -41,6 +41,7 @@ __all__ = [
     "PRESETS",
     "WeightMapSettings",
     "boundary_weight_map",
+    "class_weights_from_counts",
     "instance_distances",
     "separate_instances",
     "settings_from",
@@ -661,7 +662,38 @@ def _class_weights(
     else:
         total = int(np.count_nonzero(valid))
         n_foreground = int(np.count_nonzero(foreground & valid))
-    n_background = total - n_foreground
+    return class_weights_from_counts(total - n_foreground, n_foreground, balance)
+
+
+def class_weights_from_counts(
+    n_background: int, n_foreground: int, balance: str | tuple[float, float]
+) -> tuple[float, float]:
+    """Return ``(w_background, w_foreground)`` of a class-balance scheme from pixel counts.
+
+    The class term of :func:`weights_and_target` for an image whose non-ignored pixels hold
+    ``n_background`` background and ``n_foreground`` foreground pixels of the separated target
+    (so that weights of a part of an image can use the counts of the whole). Not for
+    ``"falk"``, whose class term is not constant per class.
+
+    Parameters
+    ----------
+    n_background, n_foreground : int
+        Pixel counts.
+    balance : str or tuple of float
+        ``"none"``, ``"balanced"``, ``"bounded"`` or explicit weights (returned as they are).
+
+    Returns
+    -------
+    tuple of float
+        The two class weights.
+    """
+    if isinstance(balance, tuple):
+        return balance
+    if balance == "falk":
+        raise ValueError('class_balance="falk" has no constant class weights.')
+    if balance == "none":
+        return 1.0, 1.0
+    total = n_background + n_foreground
     present = (n_background > 0) + (n_foreground > 0)
     w_background = total / (present * n_background) if n_background else 1.0
     w_foreground = total / (present * n_foreground) if n_foreground else 1.0

@@ -9,6 +9,7 @@ without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -360,15 +361,36 @@ def _train_progress_printer(display: TextProgress):
     return show
 
 
-def _read_pairs(images: list[str], labels: list[str], what: str) -> list[tuple]:
-    from napari_unetkit.io import read_image
+def _read_pairs(
+    images: list[str], labels: list[str], what: str, stack: contextlib.ExitStack
+) -> list[tuple]:
+    """Open image/labels pairs: zarr stores and large files lazily, the rest into memory."""
+    from napari_unetkit.lazydata import open_training_file
 
     if len(images) != len(labels):
         raise CommandError(
             f"Give one {what} labels file per image: {len(images)} image(s), "
             f"{len(labels)} labels file(s)."
         )
-    return [(read_image(i), read_image(lab)) for i, lab in zip(images, labels, strict=True)]
+    return [
+        (open_training_file(i, stack), open_training_file(lab, stack))
+        for i, lab in zip(images, labels, strict=True)
+    ]
+
+
+def _read_regions(paths: list[str], pairs: list[tuple], stack: contextlib.ExitStack) -> list:
+    """Open region masks: in memory as booleans, lazy ones (non-zero = annotated) as they are."""
+    from napari_unetkit.lazydata import open_training_file
+
+    if len(paths) != len(pairs):
+        raise CommandError("Give one --region mask per --image (or none at all).")
+    regions = []
+    for path, (_, labels) in zip(paths, pairs, strict=True):
+        region = open_training_file(path, stack)
+        if isinstance(region, np.ndarray) or isinstance(labels, np.ndarray):
+            region = np.asarray(region) > 0
+        regions.append(region)
+    return regions
 
 
 def _training_config(args: argparse.Namespace, channel_axis: int | None):
@@ -410,8 +432,17 @@ def _training_config(args: argparse.Namespace, channel_axis: int | None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``unetkit train``: train (or fine-tune) a model on TIFF images and labels."""
-    from napari_unetkit.io import read_image
+    """``unetkit train``: train (or fine-tune) a model on images and labels.
+
+    TIFF and ``.npy`` files, and zarr stores; zarr stores and large files are read lazily and
+    trained on through :mod:`napari_unetkit.lazydata`.
+    """
+    with contextlib.ExitStack() as stack:
+        return _train(args, stack)
+
+
+def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
+    from napari_unetkit.lazydata import wants_lazy
     from napari_unetkit.modelfile import SUFFIX, instances_summary
     from napari_unetkit.training import train
 
@@ -419,22 +450,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = out if out.suffix == SUFFIX else out.with_name(out.name + SUFFIX)
     out = check_output(out, args.overwrite)
     _training_config(args, args.channel_axis)  # every setting checked before any data is read
-    pairs = _read_pairs(args.image, args.labels, "training")
+    pairs = _read_pairs(args.image, args.labels, "training", stack)
     validation = None
     if args.val_image or args.val_labels:
-        validation = _read_pairs(args.val_image, args.val_labels, "validation")
-    regions = None
-    if args.region:
-        if len(args.region) != len(pairs):
-            raise CommandError("Give one --region mask per --image (or none at all).")
-        regions = [read_image(path) > 0 for path in args.region]
+        validation = _read_pairs(args.val_image, args.val_labels, "validation", stack)
+    regions = _read_regions(args.region, pairs, stack) if args.region else None
     first_image, first_labels = pairs[0]
     channel_axis = args.channel_axis
     if channel_axis is None:
         channel_axis = infer_channel_axis(first_image.shape, labels_shape=first_labels.shape)
     config = _training_config(args, channel_axis)
     display = TextProgress()
-    print(f"Training on {len(pairs)} image(s); model file: {out}", file=sys.stderr)
+    how = " (read lazily, patch by patch)" if wants_lazy(pairs) else ""
+    print(f"Training on {len(pairs)} image(s){how}; model file: {out}", file=sys.stderr)
     with CancelOnInterrupt() as cancel:
         result = train(
             pairs,
@@ -678,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model.",
     )
     data = train.add_argument_group("data")
-    data.add_argument("--image", action="append", required=True, help="Image (TIFF/.npy).")
+    data.add_argument("--image", action="append", required=True, help="Image (TIFF/.npy/.zarr).")
     data.add_argument("--labels", action="append", required=True, help="Labels for --image.")
     data.add_argument(
         "--region", action="append", help="Annotated-region mask per image (sparse labels)."

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unetkit import __version__
+from napari_unetkit import __version__, lazydata
 from napari_unetkit import data as data_module
 from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.calibration import ValidationMap, calibrate_instances, candidate_settings
@@ -65,7 +65,9 @@ class Run:
         self.progress = progress
         self.cancel = cancel
         self.on_epoch_end = on_epoch_end
-        self.sampler = data_module.PatchSampler(
+        lazy = isinstance(setup.train_slices, lazydata.LazyTrainingSet)
+        sampler = lazydata.LazyPatchSampler if lazy else data_module.PatchSampler
+        self.sampler = sampler(
             setup.train_slices,
             patch_size=self.config.patch_size,
             foreground_bias=self.config.foreground_bias,

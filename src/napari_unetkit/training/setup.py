@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from napari_unetkit import data as data_module
+from napari_unetkit import lazydata
 from napari_unetkit.device import autocast_dtype
 from napari_unetkit.model import UNet
 from napari_unetkit.modelfile import load_model
@@ -61,8 +62,12 @@ def _prepare(
     cancel: threading.Event | None,
     report: Callable[[int, int], None],
 ) -> data_module.TrainingData:
-    """Prepare the training data from pairs (or check the given TrainingData)."""
-    if isinstance(source, data_module.TrainingData):
+    """Prepare the training data from pairs (or check the given TrainingData).
+
+    Pairs too large for memory, or in a zarr store, are indexed for lazy reading
+    (:func:`napari_unetkit.lazydata.wants_lazy`).
+    """
+    if isinstance(source, data_module.TrainingData | lazydata.LazyTrainingData):
         if source.mode != config.mode:
             raise ValueError(
                 f"The prepared data is for {source.mode!r} mode but the settings ask for "
@@ -71,8 +76,12 @@ def _prepare(
         if regions is not None:
             raise ValueError("regions apply to raw (image, labels) pairs, not to prepared data.")
         return source
-    return data_module.prepare_training_data(
-        list(source),
+    pairs = list(source)
+    lazy = lazydata.wants_lazy(pairs)
+    prepare = lazydata.prepare_lazy_training_data if lazy else data_module.prepare_training_data
+    return prepare(
+        pairs,
+        **({"seed": config.seed} if lazy else {}),
         mode=config.mode,
         channel_axis=config.channel_axis,
         channels=config.channels,
@@ -97,7 +106,10 @@ def _split(
     Explicit validation pairs count as completely annotated (a region covering everything),
     so an image without any cell is a valid validation example.
     """
+    lazy = isinstance(data, lazydata.LazyTrainingData)
     if validation is None:
+        if lazy:
+            return data.split(config.val_fraction, config.seed)
         return data_module.split_train_validation(data, config.val_fraction, config.seed)
     if isinstance(validation, data_module.TrainingData):
         val_data = validation
@@ -120,7 +132,8 @@ def _split(
             f"classes) does not match the training data ({data.in_channels} channel(s), "
             f"{data.n_classes} classes)."
         )
-    return list(data.slices), list(val_data.slices)
+    train_slices = data.split(0.0)[0] if lazy else list(data.slices)
+    return train_slices, list(val_data.slices)
 
 
 def _check_resume(description: dict, model: UNet, data: data_module.TrainingData, path) -> None:
