@@ -191,8 +191,8 @@ def sample_percentiles(
     channel_axis: int | None,
     settings: NormalizationSettings,
     seed: int = 0,
-    blocks: int = NORMALIZATION_BLOCKS,
-    block: int = NORMALIZATION_BLOCK,
+    blocks: int | None = None,
+    block: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Estimate the per-channel percentiles of an image from a random sample of blocks.
 
@@ -209,8 +209,9 @@ def sample_percentiles(
         Which percentiles.
     seed : int
         Seed of the choice of blocks.
-    blocks, block : int
-        How many blocks, and their side.
+    blocks, block : int, optional
+        How many blocks, and their side (default :data:`NORMALIZATION_BLOCKS`,
+        :data:`NORMALIZATION_BLOCK`).
 
     Returns
     -------
@@ -224,6 +225,8 @@ def sample_percentiles(
     ValueError
         If a sampled pixel is NaN or infinite.
     """
+    blocks = NORMALIZATION_BLOCKS if blocks is None else blocks
+    block = NORMALIZATION_BLOCK if block is None else block
     indices = layout.slice_indices(tuple(image.shape), channel_axis)
     height, width = layout.slice_shape(tuple(image.shape), channel_axis)
     rows, cols = math.ceil(height / block), math.ceil(width / block)
