@@ -48,6 +48,15 @@ def snapshot(data) -> np.ndarray:
     return np.array(data, copy=True)
 
 
+def training_snapshot(data):
+    """Return a NumPy copy of in-memory layer data, or lazy data (dask, zarr) as it is.
+
+    Copying a lazily backed layer would read it whole; training reads it patch by patch
+    (:mod:`napari_unetkit.lazydata`) instead.
+    """
+    return snapshot(data) if isinstance(data, np.ndarray) else data
+
+
 def region_mask(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | None:
     """Rasterise an annotated-region layer (Shapes or Labels) to a boolean mask of ``shape``.
 

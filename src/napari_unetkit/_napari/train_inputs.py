@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import napari.viewer
 import numpy as np
@@ -23,7 +24,7 @@ from napari_unetkit._napari.layers import (
     made_by_plugin,
     placement,
     region_mask,
-    snapshot,
+    training_snapshot,
     unique_name,
 )
 from napari_unetkit.data import MAX_CLASSES
@@ -44,8 +45,9 @@ class TrainingPairs:
 
     Attributes
     ----------
-    pairs : list of (numpy.ndarray, numpy.ndarray)
-        Image and labels of each pair.
+    pairs : list of (array-like, array-like)
+        Image and labels of each pair: NumPy copies, or the lazy arrays (dask, zarr) of
+        lazily backed layers.
     regions : list of (numpy.ndarray or None) or None
         Boolean annotated-region masks (``None`` when no pair has one).
     channel_axis : int or None
@@ -54,7 +56,7 @@ class TrainingPairs:
         Name of the first image layer (names the model and the preview).
     """
 
-    pairs: list[tuple[np.ndarray, np.ndarray]]
+    pairs: list[tuple[Any, Any]]
     regions: list[np.ndarray | None] | None
     channel_axis: int | None
     name: str
@@ -281,12 +283,16 @@ class PairRow(Container):
             number, self.image.value, self.labels_choice.value, self.region.value, mode
         )
 
-    def take_snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int | None]:
-        """Copy the pair's data: image, labels, region mask (or None) and channel axis."""
+    def take_snapshot(self) -> tuple[Any, Any, np.ndarray | None, int | None]:
+        """Copy the pair's data: image, labels, region mask (or None) and channel axis.
+
+        Lazily backed layers (dask, zarr) are handed over uncopied (see
+        :func:`~napari_unetkit._napari.layers.training_snapshot`).
+        """
         data, channel_axis = image_data(self.image.value)
-        labels = snapshot(labels_data(self.labels_choice.value))
-        region = region_mask(self.region.value, labels.shape)
-        return snapshot(data), labels, region, channel_axis
+        labels = training_snapshot(labels_data(self.labels_choice.value))
+        region = region_mask(self.region.value, tuple(labels.shape))
+        return training_snapshot(data), labels, region, channel_axis
 
 
 def _shape_problem(image: Image, labels: Layer) -> str | None:

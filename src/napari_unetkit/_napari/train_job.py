@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import sys
 import threading
@@ -29,6 +30,8 @@ from napari_unetkit.training import TrainConfig, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
+#: Slices of lazily backed images larger than this (pixels) are not previewed.
+MAX_LAZY_PREVIEW_PIXELS = 2048 * 2048
 #: How much lower than the viewer the training thread runs (Unix "nice" increment).
 TRAINING_NICENESS = 5
 
@@ -146,6 +149,19 @@ class _Previewer:
         return Preview(index=index, labels=labels, epoch=epoch)
 
 
+def previewable(image, channel_axis: int | None) -> bool:
+    """Whether the preview may predict whole slices of this image.
+
+    Not for a lazily backed image (dask, zarr) whose slices exceed
+    :data:`MAX_LAZY_PREVIEW_PIXELS`: each preview would read and predict such a slice whole.
+    """
+    if isinstance(image, np.ndarray):
+        return True
+    return math.prod(layout.slice_shape(tuple(image.shape), channel_axis)) <= (
+        MAX_LAZY_PREVIEW_PIXELS
+    )
+
+
 def _epoch_hook(
     emit: Callable[[object], None],
     cancel: threading.Event,
@@ -193,7 +209,7 @@ def training_job(
         lower_thread_priority()
         out.parent.mkdir(parents=True, exist_ok=True)
         previewer = None
-        if preview is not None:
+        if preview is not None and previewable(data.pairs[0][0], config.channel_axis):
             previewer = _Previewer(preview, data.pairs[0][0], config)
         result = train(
             data.pairs,
