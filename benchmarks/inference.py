@@ -128,11 +128,14 @@ def assemble(
 # ----------------------------------------------------------------------------------- model
 
 
-def trained_model(seconds: float, device: torch.device) -> tuple[nn.Module, dict, dict]:
-    """Train the default network briefly; return it, its description and a summary."""
+def trained_model(seconds: float, device: torch.device, **settings) -> tuple[nn.Module, dict, dict]:
+    """Train the default network (or the one ``settings`` of TrainConfig make) briefly.
+
+    Returns the network, its description and a summary.
+    """
     pairs = [synthetic_nuclei((256, 256), seed=i) for i in range(3)]
     validation = [synthetic_nuclei((256, 256), seed=100)]
-    config = TrainConfig(epochs=None, time_limit=seconds, seed=0, device=str(device))
+    config = TrainConfig(epochs=None, time_limit=seconds, seed=0, device=str(device), **settings)
     result = train(pairs, config, validation=validation)
     best = [entry for entry in result.history if entry["epoch"] == result.best_epoch]
     summary = {

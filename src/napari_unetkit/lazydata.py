@@ -14,8 +14,8 @@ through the same loop (it samples from :class:`LazyPatchSampler`, a
   tile, plus a few numbers per annotated cell.
 * **Normalisation**: the percentiles of each image are estimated from at most
   :data:`NORMALIZATION_BLOCKS` blocks of :data:`NORMALIZATION_BLOCK` px drawn at random (all
-  blocks when there are fewer, which gives the in-memory figures exactly for images of up to
-  4 million pixels per channel and 32 slices).
+  blocks when there are no more; then images of up to 4 million pixels and 32 slices get the
+  in-memory figures exactly).
 * **Patches**: each patch is read from the store at a random annotated position (uniform over
   the annotated pixels, or over the foreground ones with ``foreground_bias``, as in memory),
   with the augmentation margin around it; its labels are read with a further margin of
