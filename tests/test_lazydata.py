@@ -287,6 +287,11 @@ def test_train_chooses_the_lazy_path_for_zarr_and_validates_on_a_window(tmp_path
     assert result.history[-1]["val_f1"] is not None and "preparing" in stages
     eager = train([(image, labels)], TrainConfig(**TINY))
     assert "lazy" not in eager.description["data"]["pairs"][0]
+    held_out = [synthetic_nuclei((96, 96), seed=9)]
+    explicit = train(pairs, TrainConfig(**TINY), validation=held_out)
+    data = explicit.description["data"]
+    assert data["pairs"][0]["lazy"] and data["n_validation_slices"] == 1
+    assert data["n_training_slices"] == 1 and data["annotated_pixels"] == 256 * 256
 
 
 def test_cli_trains_on_a_zarr_pair_and_on_a_big_tiff(tmp_path, monkeypatch, capsys):
