@@ -111,9 +111,11 @@ def train(
 
     Parameters
     ----------
-    pairs_or_data : sequence of (image, labels) or TrainingData
-        Raw pairs (prepared here with :func:`napari_unetkit.data.prepare_training_data`) or
-        already prepared data.
+    pairs_or_data : sequence of (image, labels) or TrainingData or LazyTrainingData
+        Raw pairs (prepared here with :func:`napari_unetkit.data.prepare_training_data`; pairs
+        in a zarr store or too large for memory, see :func:`napari_unetkit.lazydata.wants_lazy`,
+        with :func:`napari_unetkit.lazydata.prepare_lazy_training_data`, read patch by patch)
+        or already prepared data.
     config : TrainConfig, optional
         The settings; default ``TrainConfig()``.
     out : str or pathlib.Path, optional
