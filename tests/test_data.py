@@ -131,7 +131,7 @@ def test_labels_shape_mismatch_names_both_shapes(nuclei):
     [
         (np.zeros((16, 16), dtype=np.float32), "labels must be integers"),
         (np.zeros((16, 16), dtype=bool), "labels must be instance ids"),
-        (np.full((16, 16), -1, dtype=np.int16), "must not be negative"),
+        (np.full((16, 16), -1, dtype=np.int16), "labels hold negative values"),
     ],
 )
 def test_bad_labels_are_rejected_with_a_sentence(labels, message):

@@ -32,6 +32,14 @@ import numpy as np
 
 from napari_unetkit import layout
 from napari_unetkit.augmentation import AugmentationSettings, augment_patch
+from napari_unetkit.checks import (
+    MAX_CLASSES,
+    MODES,
+    choice_problem,
+    class_count_problem,
+    labels_dtype_problem,
+    negative_labels_problem,
+)
 from napari_unetkit.normalization import (
     NormalizationSettings,
     apply_percentiles,
@@ -57,14 +65,10 @@ __all__ = [
     "split_train_validation",
 ]
 
-#: Labelling modes understood by :func:`prepare_training_data`.
-MODES = ("instances", "classes")
 #: Pixels between a spatial validation band and the nearest training weight.
 VALIDATION_MARGIN = 16
 #: Narrowest validation band (pixels) worth cutting from a single slice.
 MIN_VALIDATION_BAND = 16
-#: More classes than this in classes mode almost certainly means instance labels were given.
-MAX_CLASSES = 64
 
 
 @dataclass(eq=False)
@@ -222,11 +226,9 @@ def _check_labels_dtype(dtype: np.dtype, mode: str, pair: int) -> None:
             f"Pair {pair + 1}: the labels are a boolean mask, but {what}; paint the cells in a "
             "Labels layer or label the mask's connected components first."
         )
-    if not np.issubdtype(dtype, np.integer):
-        raise ValueError(
-            f"Pair {pair + 1}: labels must be integers, got {dtype} values; convert them with "
-            "labels.astype(int) if they are whole numbers."
-        )
+    message = labels_dtype_problem(dtype)
+    if message is not None:
+        raise ValueError(f"Pair {pair + 1}: {message}")
 
 
 def _check_region(region: Any, labels_shape: tuple[int, ...], pair: int) -> np.ndarray | None:
@@ -293,14 +295,12 @@ def _check_contrast(slices: list[TrainingSlice], pair: int, partial: bool) -> No
     )
 
 
-def _read_labels(labels: Any, index: tuple[int, ...], pair: int) -> np.ndarray:
+def _read_labels(labels: Any, index: tuple[int, ...], pair: int, mode: str) -> np.ndarray:
     """Read one labels slice and reject negative values."""
     labels_yx = np.asarray(labels[index])
-    if np.issubdtype(labels_yx.dtype, np.signedinteger) and labels_yx.size and labels_yx.min() < 0:
-        raise ValueError(
-            f"Pair {pair + 1}, slice {index}: labels must not be negative; use 0 for background "
-            "(or not annotated) and positive ids."
-        )
+    message = negative_labels_problem(labels_yx, mode)
+    if message is not None:
+        raise ValueError(f"Pair {pair + 1}, slice {index}: {message}")
     return labels_yx
 
 
@@ -445,17 +445,9 @@ def _class_names(mode: str, n_classes: int, names: Sequence[str] | None) -> tupl
 
 def _n_classes(max_label: int) -> int:
     """Check the number of painted classes in classes mode."""
-    if max_label < 2:
-        raise ValueError(
-            "Classes mode needs at least two painted classes (e.g. 1 = background and "
-            f"2 = cells), but the highest label is {max_label}. Paint some background with "
-            "label 1 and the objects with label 2 (0 means not annotated), or use instances mode."
-        )
-    if max_label > MAX_CLASSES:
-        raise ValueError(
-            f"Classes mode found label {max_label}, i.e. {max_label} classes (at most "
-            f"{MAX_CLASSES}). These look like instance labels: use instances mode."
-        )
+    message = class_count_problem(max_label)
+    if message is not None:
+        raise ValueError(message)
     return max_label
 
 
@@ -522,8 +514,9 @@ def prepare_training_data(
         labels, boolean or complex images), constant images (see ``require_contrast``),
         fewer than two classes in classes mode, or when no slice carries any annotation.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    message = choice_problem(mode, "mode", MODES)
+    if message is not None:
+        raise ValueError(message)
     pairs = [(_as_array(image), _as_array(labels)) for image, labels in pairs]
     if not pairs:
         raise ValueError("No training pairs were given: pass at least one (image, labels) pair.")
@@ -550,7 +543,7 @@ def prepare_training_data(
         used = 0
         for index in layout.slice_indices(tuple(image.shape), channel_axis):
             check_cancel(cancel)
-            labels_yx = _read_labels(labels, index, pair)
+            labels_yx = _read_labels(labels, index, pair, mode)
             slice_max = int(labels_yx.max(initial=0))
             if settings is None and slice_max > MAX_CLASSES:
                 _n_classes(slice_max)  # refused here, before counting pixels per class

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_unetkit.checks import MAX_CLASSES, choice_problem, number_problem, whole_number_problem
+
 #: Accepted values of :attr:`UNetConfig.norm`.
 NORMS = ("batch", "group", "none")
 #: Accepted values of :attr:`UNetConfig.upsampling`.
@@ -36,13 +38,9 @@ FINAL_KERNELS = (1, 3)
 MAX_DEPTH = 7
 MAX_BASE_CHANNELS = 512
 MAX_IN_CHANNELS = 1024
-MAX_CLASSES = 1024
+#: The most output classes: :data:`napari_unetkit.checks.MAX_CLASSES` (imported above).
 #: Largest number of groups used by ``norm="group"``.
 MAX_GROUPS = 8
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -81,31 +79,22 @@ class UNetConfig:
     final_kernel: int = 1
 
     def __post_init__(self) -> None:
-        problems = []
-        for name, low, high in (
-            ("in_channels", 1, MAX_IN_CHANNELS),
-            ("n_classes", 2, MAX_CLASSES),
-            ("depth", 1, MAX_DEPTH),
-            ("base_channels", 1, MAX_BASE_CHANNELS),
-        ):
-            value = getattr(self, name)
-            if not _is_int(value) or not low <= value <= high:
-                problems.append(f"{name} must be an integer from {low} to {high}, got {value!r}")
-        if self.norm not in NORMS:
-            problems.append(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if self.upsampling not in UPSAMPLINGS:
-            problems.append(
-                f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got {self.upsampling!r}"
+        problems = [
+            whole_number_problem(getattr(self, name), name, low, high)
+            for name, low, high in (
+                ("in_channels", 1, MAX_IN_CHANNELS),
+                ("n_classes", 2, MAX_CLASSES),
+                ("depth", 1, MAX_DEPTH),
+                ("base_channels", 1, MAX_BASE_CHANNELS),
             )
-        dropout = self.dropout
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
-            or not 0.0 <= dropout < 1.0
-        ):
-            problems.append(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if not _is_int(self.final_kernel) or self.final_kernel not in FINAL_KERNELS:
-            problems.append(f"final_kernel must be 1 or 3, got {self.final_kernel!r}")
+        ]
+        problems += [
+            choice_problem(self.norm, "norm", NORMS),
+            choice_problem(self.upsampling, "upsampling", UPSAMPLINGS),
+            number_problem(self.dropout, "dropout", 0.0, 1.0, open_high=True),
+            choice_problem(self.final_kernel, "final_kernel", FINAL_KERNELS),
+        ]
+        problems = [problem.rstrip(".") for problem in problems if problem is not None]
         if problems:
             raise ValueError("Invalid U-Net configuration: " + "; ".join(problems) + ".")
 

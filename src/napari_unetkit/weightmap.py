@@ -35,6 +35,14 @@ from typing import Any, TypeVar
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_unetkit.checks import (
+    choice_problem,
+    labels_dtype_problem,
+    negative_labels_problem,
+    number_problem,
+    weightmap_problems,
+)
+
 __all__ = [
     "CLASS_BALANCES",
     "DEFAULT_PRESET",
@@ -75,17 +83,17 @@ def _term_radius(amplitude: float, sigma: float, tol: float) -> float:
 
 
 def _non_negative(value: Any, name: str) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    return value
+    message = number_problem(value, name, 0.0)
+    if message is not None:
+        raise ValueError(message)
+    return float(value)
 
 
 def _positive(value: Any, name: str) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
-    return value
+    message = number_problem(value, name, 0.0, open_low=True)
+    if message is not None:
+        raise ValueError(message)
+    return float(value)
 
 
 def _boolean(value: Any, name: str) -> bool:
@@ -205,8 +213,9 @@ class WeightMapSettings:
         set_field("sigma", _positive(self.sigma, "sigma"))
         set_field("class_balance", _parse_class_balance(self.class_balance))
         set_field("separate", _boolean(self.separate, "separate"))
-        if self.border_on not in BORDER_ON:
-            raise ValueError(f"border_on must be one of {BORDER_ON}, got {self.border_on!r}.")
+        message = choice_problem(self.border_on, "border_on", BORDER_ON)
+        if message is not None:
+            raise ValueError(message)
         set_field("ignore", _parse_ignore_label(self.ignore))
         set_field("spacing", _parse_spacing(self.spacing))
         set_field("tol", _non_negative(self.tol, "tol"))
@@ -351,9 +360,7 @@ def _check_labels(labels: Any) -> np.ndarray:
     """Return ``labels`` as an integer array of >= 2 dimensions, or raise ``ValueError``."""
     labels = np.asarray(labels)
     if labels.ndim < 2:
-        raise ValueError(
-            f"Labels must be 2D (Y, X) or a stack (..., Y, X); got {labels.ndim} dimension(s)."
-        )
+        raise ValueError(weightmap_problems(labels)[0].message)
     if labels.dtype == bool:
         _warn_caller(
             "The labels are a boolean mask, used as a single instance: touching cells cannot "
@@ -361,17 +368,9 @@ def _check_labels(labels: Any) -> np.ndarray:
             "(one id per cell)."
         )
         return labels.view(np.uint8)
-    if np.issubdtype(labels.dtype, np.floating):
-        raise ValueError(
-            f"Labels must be integers (0 = background, one id per instance), got {labels.dtype} "
-            "values; convert them with labels.astype(int) if they are whole numbers."
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Labels must be an integer array, got dtype {labels.dtype}.")
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise ValueError(
-            "Labels must not be negative: use 0 for background and positive ids for instances."
-        )
+    message = labels_dtype_problem(labels.dtype) or negative_labels_problem(labels)
+    if message is not None:
+        raise ValueError(message)
     return labels
 
 
