@@ -238,7 +238,7 @@ def parse_channels(text: str) -> list[int] | None:
         return [int(word) for word in words]
     except ValueError:
         raise ValueError(
-            "Channels: write the channel numbers counted from 0, separated by commas, e.g. 0,1 "
+            "Channels: write the channel numbers separated by commas, counted from 0, e.g. 0,1 "
             f"(or 'all'), not {text!r}."
         ) from None
 
@@ -498,26 +498,30 @@ def image_channels_problem(
     """Say why an image of ``shape`` does not fit a model reading ``expected`` channels.
 
     A 3D image whose last axis has 3 or 4 entries, given to a greyscale model without a
-    channel axis, is taken for the colour image it almost always is.
+    channel axis, is taken for the colour image it almost always is (not for a stack of 3 or 4
+    narrow slices).
     """
     from napari_unetkit import layout
 
     shape = tuple(int(n) for n in shape)
-    if channel_axis is None and expected == 1 and len(shape) == 3 and shape[-1] in (3, 4):
-        channel_axis = -1  # a colour image, not a stack of 3 or 4 narrow slices
-    found = layout.n_channels(shape, channel_axis)
+    colour = channel_axis is None and expected == 1 and len(shape) == 3 and shape[-1] in (3, 4)
+    found = layout.n_channels(shape, -1 if colour else channel_axis)
     if found == expected:
         return None
     text = (
         f"The model reads images of {_channels_in_words(expected)}, but the image (shape "
-        f"{shape}) has {_channels_in_words(found)}; "
+        f"{shape}) has {_channels_in_words(found)}"
     )
     if expected == 1:
         return text + (
-            "convert the image to greyscale (or pick one of its channels), or use a model "
+            "; convert the image to greyscale (or pick one of its channels), or use a model "
             "trained on colour images."
         )
-    return text + "choose an image like the ones the model was trained on."
+    if channel_axis is None and shape[-1] == expected:
+        return text + "; if its last axis holds the channels, set the channel axis to -1."
+    if channel_axis is None and shape[0] == expected:
+        return text + "; if its first axis holds the channels, set the channel axis to 0."
+    return text + "; choose an image like the ones the model was trained on."
 
 
 def predict_problems(

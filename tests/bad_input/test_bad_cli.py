@@ -81,21 +81,21 @@ def _with(array: np.ndarray, value: float) -> np.ndarray:
 TRAIN_ERRORS = {
     "shapes differ": (IMAGE, LABELS[:40], [], "needs labels of shape (48, 64)"),
     "float labels": (IMAGE, LABELS.astype(np.float64), [], "labels must be integers"),
-    "negative labels": (IMAGE, -LABELS, [], "labels must not be negative"),
+    "negative labels": (IMAGE, -LABELS, [], "labels hold negative values"),
     "all-zero labels": (IMAGE, 0 * LABELS, [], "No annotated slices"),
     "constant image": (np.full_like(IMAGE, 3), LABELS, [], "the image is constant"),
     "NaN in image": (_with(IMAGE, np.nan), LABELS, [], "NaN or infinite"),
     "inf in image": (_with(IMAGE, np.inf), LABELS, [], "NaN or infinite"),
     "boolean image": (IMAGE > 50, LABELS, [], "The image is boolean (a mask)"),
     "complex image": (IMAGE.astype(np.complex64), LABELS, [], "complex values"),
-    "validation fraction 1": (IMAGE, LABELS, ["--val-fraction", "1"], "must lie in [0, 1)"),
+    "validation fraction 1": (IMAGE, LABELS, ["--val-fraction", "1"], "from 0 to below 1"),
     "epochs 0": (IMAGE, LABELS, ["--epochs", "0"], "set epochs to at least 1"),
-    "time limit 0": (IMAGE, LABELS, ["--time-limit", "0"], "positive number of seconds"),
-    "batch size 0": (IMAGE, LABELS, ["--batch-size", "0"], "batch_size must be a positive"),
-    "batch size 100000": (IMAGE, LABELS, ["--batch-size", "100000"], "at most 1024"),
-    "seed 2**70": (IMAGE, LABELS, ["--seed", str(2**70)], "seed must be from 0 to 4294967295"),
+    "time limit 0": (IMAGE, LABELS, ["--time-limit", "0"], "time_limit must be a finite number > 0"),
+    "batch size 0": (IMAGE, LABELS, ["--batch-size", "0"], "batch_size must be a whole number"),
+    "batch size 100000": (IMAGE, LABELS, ["--batch-size", "100000"], "from 1 to 1024, got 100000"),
+    "seed 2**70": (IMAGE, LABELS, ["--seed", str(2**70)], "seed must be a whole number from 0 to 4294967295"),
     "infinite learning rate": (IMAGE, LABELS, ["--lr", "inf"], "must be a finite number"),
-    "patch size 0": (IMAGE, LABELS, ["--patch-size", "0"], "patch_size must be a positive"),
+    "patch size 0": (IMAGE, LABELS, ["--patch-size", "0"], "patch_size must be a whole number >= 1"),
 }
 
 
@@ -189,24 +189,24 @@ def test_predict_refuses_bad_model_files_without_running_them(case, tmp_path, ca
 
 #: name -> (image, model fixture, extra options, fragment of the message)
 PREDICT_ERRORS = {
-    "RGB model, greyscale image": (IMAGE, "rgb_model", [], "expects 3 channels (RGB)"),
+    "RGB model, greyscale image": (IMAGE, "rgb_model", [], "reads images of 3 channels (RGB), but the image"),
     "greyscale model, RGB image": (
         np.stack([IMAGE] * 3, axis=-1),
         "grey_model",
         [],
-        "looks like a colour (RGB) image",
+        "has 3 channels (RGB); convert the image to greyscale",
     ),
     "greyscale model, RGBA image": (
         np.stack([IMAGE] * 4, axis=-1),
         "grey_model",
         [],
-        "looks like a colour (RGBA) image",
+        "has 4 channels (RGBA); convert the image to greyscale",
     ),
     "RGB model, RGBA image": (
         np.stack([IMAGE] * 4, axis=-1),
         "rgb_model",
         ["--channel-axis", "-1"],
-        "expects 3 channels (RGB) but the image has 4",
+        "3 channels (RGB), but the image (shape (48, 64, 4)) has 4 channels",
     ),
     "NaN in image": (_with(IMAGE, np.nan), "grey_model", [], "NaN or infinite"),
     "boolean image": (IMAGE > 50, "grey_model", [], "The image is boolean"),
@@ -217,7 +217,7 @@ PREDICT_ERRORS = {
         IMAGE,
         "grey_model",
         ["--tile-size", "1"],
-        "--tile-size must be at least 24 pixels for this model",
+        "The tile size must be at least 24 pixels for this model",
     ),
     "threshold 1.5": (IMAGE, "grey_model", ["--threshold", "1.5"], "between 0 and 1"),
     "negative minimum size": (IMAGE, "grey_model", ["--min-size", "-1"], "min_size must be"),
@@ -311,7 +311,9 @@ def test_unusable_output_folder_is_refused_before_any_work(
     folder = data / ("folder.unet" if kind == "train" else "folder.tif")
     folder.mkdir()
     line = error_line(*cli(capsys, *_command(kind, data, grey_model, folder))[::2])
-    assert "is a folder; give a file name" in line
+    # The model file is checked by the training pre-check (the message the panel shows too).
+    fragment = "is a folder: choose a file name" if kind == "train" else "is a folder; give"
+    assert fragment in line
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -324,8 +326,11 @@ def test_unusable_output_folder_is_refused_before_any_work(
 
             monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
         line = error_line(*cli(capsys, *_command(kind, data, grey_model, locked / "out.tif"))[::2])
-        assert "locked is not writable (permission denied)" in line
-        assert "Choose another output folder" in line
+        if kind == "train" and not os.access(locked, os.W_OK):
+            assert "the folder is not writable" in line  # the training pre-check
+        else:
+            assert "locked is not writable (permission denied)" in line
+            assert "Choose another output folder" in line
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
@@ -335,9 +340,9 @@ def test_unusable_output_folder_is_refused_before_any_work(
 
 WEIGHTMAP_ERRORS = {
     "float labels": (LABELS.astype(np.float32), "labels.astype(int)"),
-    "negative labels": (-LABELS, "Labels must not be negative"),
+    "negative labels": (-LABELS, "labels hold negative values"),
     "1D labels": (LABELS[0], "Labels must be 2D (Y, X) or a stack"),
-    "complex labels": (LABELS.astype(np.complex64), "Labels must be an integer array"),
+    "complex labels": (LABELS.astype(np.complex64), "but labels must be integers"),
 }
 
 

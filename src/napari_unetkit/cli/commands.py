@@ -23,10 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from napari_unetkit import __version__
+from napari_unetkit.checks import (
+    MODES,
+    InvalidInput,
+    image_channels_problem,
+    model_file_name,
+    parse_channels,
+    predict_problems,
+    raise_problems,
+    train_problems,
+)
 from napari_unetkit.cli import bigdata as cli_bigdata
 from napari_unetkit.layout import infer_channel_axis
 from napari_unetkit.progress import GENERIC_CANCEL, Cancelled
-from napari_unetkit.weightmap import CLASS_BALANCES, DEFAULT_PRESET, PRESETS
+from napari_unetkit.weightmap import BORDER_ON, CLASS_BALANCES, DEFAULT_PRESET, PRESETS
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -248,7 +258,14 @@ def prediction_progress_printer(unit: str) -> Callable[[float, int], None]:
 
 
 def load_predictor(args: argparse.Namespace):
-    """Load ``predict``'s model with its options; refuse a tile size below the model's halo."""
+    """Load ``predict``'s model with its options; refuse a tile size below the model's halo.
+
+    Raises
+    ------
+    InvalidInput
+        With the pre-check's problem of the tile size (see :func:`~napari_unetkit.checks.
+        predict_problems`).
+    """
     from napari_unetkit.prediction import Predictor
 
     predictor = Predictor.from_file(
@@ -259,12 +276,7 @@ def load_predictor(args: argparse.Namespace):
         border=args.border,
         precision=args.precision,
     )
-    if args.tile_size is not None and args.tile_size < predictor.halo:
-        raise CommandError(
-            f"--tile-size must be at least {predictor.halo} pixels for this model (the context "
-            "it reads on each side of a tile); smaller tiles mostly recompute that context and "
-            "are many times slower. Omit --tile-size to choose one automatically."
-        )
+    raise_problems(predict_problems(tile_size=args.tile_size, halo=predictor.halo))
     return predictor
 
 
@@ -273,23 +285,17 @@ def refuse_colour_for_grey(name: object, shape: tuple[int, ...], in_channels: in
 
     Such an image is not a stack of narrow slices; the message says what to do instead.
     """
-    if in_channels == 1 and len(shape) == 3 and shape[-1] in (3, 4):
-        kind = "RGB" if shape[-1] == 3 else "RGBA"
-        raise CommandError(
-            f"{name} looks like a colour ({kind}) image of shape {shape}, but the model reads "
-            "greyscale images (1 channel); convert the image to greyscale or use a model "
-            "trained on colour images."
-        )
+    message = image_channels_problem(shape, None, in_channels) if in_channels == 1 else None
+    if message is not None:
+        raise CommandError(message)
 
 
-def _channel_list(text: str) -> list[int]:
-    """Parse ``--channels 0,1``."""
+def _channel_list(text: str) -> list[int] | None:
+    """Parse ``--channels 0,1`` (the engine's reading of a channel choice)."""
     try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected channel numbers separated by commas, e.g. 0,1; got {text!r}"
-        ) from None
+        return parse_channels(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _weightmap_settings(args: argparse.Namespace):
@@ -327,7 +333,7 @@ def _add_weightmap_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--border-on",
-        choices=("background", "all"),
+        choices=BORDER_ON,
         help="Where the border term is added (default: background).",
     )
 
@@ -393,7 +399,8 @@ def _read_regions(paths: list[str], pairs: list[tuple], stack: contextlib.ExitSt
     return regions
 
 
-def _training_config(args: argparse.Namespace, channel_axis: int | None):
+def _training_values(args: argparse.Namespace, channel_axis: int | None) -> dict:
+    """Return the ``TrainConfig`` keyword arguments the options ask for."""
     from napari_unetkit.augmentation import AugmentationSettings
     from napari_unetkit.training import TrainConfig
 
@@ -428,7 +435,7 @@ def _training_config(args: argparse.Namespace, channel_axis: int | None):
             values[name] = getattr(args, name)
     if args.lr is not None:
         values["learning_rate"] = args.lr
-    return TrainConfig(**values)
+    return values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -443,14 +450,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from napari_unetkit.lazydata import wants_lazy
-    from napari_unetkit.modelfile import SUFFIX, instances_summary
-    from napari_unetkit.training import train
+    from napari_unetkit.modelfile import instances_summary
+    from napari_unetkit.training import TrainConfig, train
 
-    out = Path(args.out)
-    out = out if out.suffix == SUFFIX else out.with_name(out.name + SUFFIX)
+    out = model_file_name(args.out)
+    # Every setting and the model file are checked before any data is read.
+    raise_problems(train_problems(_training_values(args, args.channel_axis), out=out))
     out = check_output(out, args.overwrite)
-    _training_config(args, args.channel_axis)  # every setting checked before any data is read
     pairs = _read_pairs(args.image, args.labels, "training", stack)
+    if not wants_lazy(pairs):  # lazily read labels are checked slice by slice while training
+        raise_problems(train_problems({"mode": args.mode}, labels=[lab for _, lab in pairs]))
     validation = None
     if args.val_image or args.val_labels:
         validation = _read_pairs(args.val_image, args.val_labels, "validation", stack)
@@ -459,7 +468,7 @@ def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     channel_axis = args.channel_axis
     if channel_axis is None:
         channel_axis = infer_channel_axis(first_image.shape, labels_shape=first_labels.shape)
-    config = _training_config(args, channel_axis)
+    config = TrainConfig(**_training_values(args, channel_axis))
     display = TextProgress()
     how = " (read lazily, patch by patch)" if wants_lazy(pairs) else ""
     print(f"Training on {len(pairs)} image(s){how}; model file: {out}", file=sys.stderr)
@@ -504,10 +513,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args)
     image = read_image(args.image)
     channel_axis = args.channel_axis
+    in_channels = predictor.input_channels[0]
     if channel_axis is None:
-        in_channels = predictor.input_channels[0]
         channel_axis = infer_channel_axis(image.shape, channels=in_channels)
-        refuse_colour_for_grey(args.image, tuple(image.shape), in_channels)
+    problems = predict_problems(
+        image_shape=tuple(image.shape),
+        channel_axis=channel_axis,
+        in_channels=in_channels,
+        threshold=args.threshold,
+        min_size=args.min_size,
+    )
+    raise_problems(problems)
     show = prediction_progress_printer("slice")
     with CancelOnInterrupt() as cancel:
         result = predictor.predict(
@@ -662,7 +678,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``unetkit`` argument parser (it imports PyTorch, for the defaults)."""
     from napari_unetkit.demo import DEMO_TIME_LIMIT
+    from napari_unetkit.prediction import OUTPUTS
     from napari_unetkit.speed.precision import PRECISIONS
+    from napari_unetkit.tiling import BORDERS
     from napari_unetkit.training import MAX_BATCH_SIZE, MAX_SEED
 
     parser = argparse.ArgumentParser(
@@ -715,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-labels", action="append", default=[], help="Validation labels.")
     data.add_argument(
         "--mode",
-        choices=("instances", "classes"),
+        choices=MODES,
         default="instances",
         help="instances: labels are cell ids (default); classes: 1..K are classes, 0 = "
         "not annotated.",
@@ -771,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="Replace existing files.")
     predict.add_argument(
         "--output",
-        choices=("auto", "instances", "semantic"),
+        choices=tuple(output for output in OUTPUTS if output != "probabilities"),
         default="auto",
         help="auto: instances for instance models, classes for class models.",
     )
@@ -795,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="Average over flips (slower).")
     predict.add_argument(
         "--border",
-        choices=("network", "mirror"),
+        choices=BORDERS,
         default="network",
         help="Beyond the image border: the network's zero padding, as in training and as one "
         "whole-image call (default), or the image mirrored (the paper's overlap-tile).",
@@ -916,6 +934,10 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         except KeyboardInterrupt:
             print("\nunetkit: interrupted.", file=sys.stderr)
             return _exit_status(_Stops.aborted)
+        except InvalidInput as error:
+            for problem in error.problems:
+                print(f"unetkit: error: {_one_line(problem.message)}", file=sys.stderr)
+            return EXIT_ERROR
         except Exception as error:
             if _Stops.aborted is not None:  # a library turned the interrupt into its own error
                 print("\nunetkit: interrupted.", file=sys.stderr)
