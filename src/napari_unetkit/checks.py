@@ -314,7 +314,7 @@ def train_problems(
     out: str | os.PathLike | None = NOT_GIVEN,
     labels: Sequence[Any] = (),
 ) -> list[Problem]:
-    """The pre-check of a training run: every problem of its settings, model file and labels.
+    """Pre-check a training run: every problem of its settings, model file and labels.
 
     Parameters
     ----------
@@ -399,9 +399,7 @@ def _budget_problems(values: Mapping[str, Any]) -> list[Problem]:
     if "epochs" not in values:
         return problems
     epochs = values["epochs"]
-    if (epochs is None or (_is_whole(epochs) and epochs == 0)) and values.get(
-        "time_limit"
-    ) is None:
+    if (epochs is None or (_is_whole(epochs) and epochs == 0)) and values.get("time_limit") is None:
         message = "Nothing to train: set epochs to at least 1 or give a time_limit in seconds."
     else:
         message = whole_number_problem(epochs, "epochs", 1, allow_none=True)
@@ -443,9 +441,7 @@ def _object_problems(values: Mapping[str, Any]) -> list[Problem]:
         problems.append(
             Problem("augmentation", "augmentation must be an AugmentationSettings or None.")
         )
-    if "normalization" in values and not isinstance(
-        values["normalization"], NormalizationSettings
-    ):
+    if "normalization" in values and not isinstance(values["normalization"], NormalizationSettings):
         problems.append(Problem("normalization", "normalization must be a NormalizationSettings."))
     return problems
 
@@ -534,7 +530,7 @@ def predict_problems(
     threshold: float | None = None,
     min_size: int | None = None,
 ) -> list[Problem]:
-    """The pre-check of a prediction: the image against the model, and the options.
+    """Pre-check a prediction: the image against the model, and the options.
 
     Parameters
     ----------
@@ -600,7 +596,7 @@ def predict_problems(
 
 
 def weightmap_problems(labels: Any, *, scan: bool = True) -> list[Problem]:
-    """The pre-check of a weight map: the labels (field ``"labels"``).
+    """Pre-check a weight map: the labels (field ``"labels"``).
 
     Parameters
     ----------
@@ -615,8 +611,7 @@ def weightmap_problems(labels: Any, *, scan: bool = True) -> list[Problem]:
         return [
             Problem(
                 "labels",
-                f"Labels must be 2D (Y, X) or a stack (..., Y, X); got {len(shape)} "
-                "dimension(s).",
+                f"Labels must be 2D (Y, X) or a stack (..., Y, X); got {len(shape)} dimension(s).",
             )
         ]
     if 0 in shape:

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from napari_unetkit import __version__
+from napari_unetkit.checks import MODEL_SUFFIX, model_file_name
 from napari_unetkit.device import resolve_device
 from napari_unetkit.io import atomic_write, not_a_file
 from napari_unetkit.model import UNet, UNetConfig
@@ -50,8 +51,8 @@ from napari_unetkit.model import UNet, UNetConfig
 FORMAT = "napari-unetkit-model"
 #: Version written by :func:`save_model`; files with a larger version are refused.
 FORMAT_VERSION = 1
-#: The model file extension.
-SUFFIX = ".unet"
+#: The model file extension (:data:`napari_unetkit.checks.MODEL_SUFFIX`).
+SUFFIX = MODEL_SUFFIX
 
 
 class ModelFileError(ValueError):
@@ -212,10 +213,6 @@ def _check_weight_sizes(archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo]
     return None
 
 
-def _with_suffix(path: Path) -> Path:
-    return path if path.suffix.lower() == SUFFIX else path.with_name(path.name + SUFFIX)
-
-
 def _json_default(value: object) -> object:
     """Convert NumPy scalars and arrays, tensors and paths to JSON values."""
     if isinstance(value, os.PathLike):
@@ -284,7 +281,7 @@ def save_model(
         "description": json.dumps(info),
         "state_dict": state,
     }
-    path = _with_suffix(Path(path))
+    path = model_file_name(path)
     with atomic_write(path, "wb", overwrite=overwrite) as file:
         torch.save(payload, file)
     return path

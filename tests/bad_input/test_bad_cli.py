@@ -90,12 +90,27 @@ TRAIN_ERRORS = {
     "complex image": (IMAGE.astype(np.complex64), LABELS, [], "complex values"),
     "validation fraction 1": (IMAGE, LABELS, ["--val-fraction", "1"], "from 0 to below 1"),
     "epochs 0": (IMAGE, LABELS, ["--epochs", "0"], "set epochs to at least 1"),
-    "time limit 0": (IMAGE, LABELS, ["--time-limit", "0"], "time_limit must be a finite number > 0"),
+    "time limit 0": (
+        IMAGE,
+        LABELS,
+        ["--time-limit", "0"],
+        "time_limit must be a finite number > 0",
+    ),
     "batch size 0": (IMAGE, LABELS, ["--batch-size", "0"], "batch_size must be a whole number"),
     "batch size 100000": (IMAGE, LABELS, ["--batch-size", "100000"], "from 1 to 1024, got 100000"),
-    "seed 2**70": (IMAGE, LABELS, ["--seed", str(2**70)], "seed must be a whole number from 0 to 4294967295"),
+    "seed 2**70": (
+        IMAGE,
+        LABELS,
+        ["--seed", str(2**70)],
+        "seed must be a whole number from 0 to 4294967295",
+    ),
     "infinite learning rate": (IMAGE, LABELS, ["--lr", "inf"], "must be a finite number"),
-    "patch size 0": (IMAGE, LABELS, ["--patch-size", "0"], "patch_size must be a whole number >= 1"),
+    "patch size 0": (
+        IMAGE,
+        LABELS,
+        ["--patch-size", "0"],
+        "patch_size must be a whole number >= 1",
+    ),
 }
 
 
@@ -189,7 +204,12 @@ def test_predict_refuses_bad_model_files_without_running_them(case, tmp_path, ca
 
 #: name -> (image, model fixture, extra options, fragment of the message)
 PREDICT_ERRORS = {
-    "RGB model, greyscale image": (IMAGE, "rgb_model", [], "reads images of 3 channels (RGB), but the image"),
+    "RGB model, greyscale image": (
+        IMAGE,
+        "rgb_model",
+        [],
+        "reads images of 3 channels (RGB), but the image",
+    ),
     "greyscale model, RGB image": (
         np.stack([IMAGE] * 3, axis=-1),
         "grey_model",

@@ -13,6 +13,7 @@ import pytest
 import torch
 from bad_cases import BAD_MODEL_FILES, cells, untrained_model
 
+from napari_unetkit import checks
 from napari_unetkit import data as data_module
 from napari_unetkit._napari import jobs, predict_widget, train_settings, weightmap_widget
 from napari_unetkit._napari.layers import METADATA_KEY
@@ -95,11 +96,11 @@ def test_train_widget_explains_unusable_inputs(make_napari_viewer, tmp_path, mon
     assert widget._start.enabled, widget._message.value
     layer.data = np.where(labels > 0, labels, -1)  # painted with a negative label
     assert not widget._start.enabled
-    assert "'cells' holds negative values; use 0 (background)" in widget._message.value
+    assert "The labels hold negative values; use 0 (background)" in widget._message.value
     layer.data = labels
     assert widget._start.enabled
 
-    monkeypatch.setattr(train_settings.os, "access", lambda *args: False)  # as in a locked folder
+    monkeypatch.setattr(checks.os, "access", lambda *args: False)  # as in a locked folder
     widget._settings.path.value = tmp_path / "locked" / "m.unet"
     assert not widget._start.enabled and "the folder is not writable" in widget._message.value
     monkeypatch.undo()

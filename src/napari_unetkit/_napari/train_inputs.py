@@ -27,7 +27,12 @@ from napari_unetkit._napari.layers import (
     training_snapshot,
     unique_name,
 )
-from napari_unetkit.data import MAX_CLASSES
+from napari_unetkit.checks import (
+    Problem,
+    class_count_problem,
+    labels_dtype_problem,
+    negative_labels_problem,
+)
 
 #: Labels layers larger than this (or not in memory) are not scanned while the user edits.
 MAX_SCANNED_PIXELS = 50_000_000
@@ -283,6 +288,16 @@ class PairRow(Container):
             number, self.image.value, self.labels_choice.value, self.region.value, mode
         )
 
+    def field_problem(self, mode: str) -> Problem | None:
+        """Return this pair's first problem with its field (see :func:`pair_field_problem`)."""
+        return pair_field_problem(
+            self.image.value, self.labels_choice.value, self.region.value, mode
+        )
+
+    def field_widgets(self) -> dict[str, object]:
+        """Field name -> widget: ``image``, ``labels`` and ``region``."""
+        return {"image": self.image, "labels": self.labels_choice, "region": self.region}
+
     def take_snapshot(self) -> tuple[Any, Any, np.ndarray | None, int | None]:
         """Copy the pair's data: image, labels, region mask (or None) and channel axis.
 
@@ -346,17 +361,14 @@ def _region_problem(region: Layer, labels: Layer) -> str | None:
 
 
 def _content_problem(labels: Layer, has_region: bool, mode: str) -> str | None:
+    """Apply the engine's rules on labels values (dtype, sign), then ask: is anything painted."""
     data = labels_data(labels)
-    if not np.issubdtype(data.dtype, np.integer):
-        return f"{labels.name!r} holds {data.dtype} values; labels must be whole numbers."
-    if not _scannable(data):
-        return None
+    message = labels_dtype_problem(data.dtype)
+    if message is not None or not _scannable(data):
+        return message
     if not np.any(data) and (mode == "classes" or not has_region):
         return f"{labels.name!r} is empty: paint some {_what(mode)} first."
-    if np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0:
-        zero = "background" if mode == "instances" else "not annotated"
-        return f"{labels.name!r} holds negative values; use 0 ({zero}) and positive numbers."
-    return None
+    return negative_labels_problem(data, mode)
 
 
 def _what(mode: str) -> str:
@@ -381,27 +393,46 @@ def pair_problem(
     mode : {"instances", "classes"}
         What the labels mean.
     """
-    prefix = f"Pair {number}: "
+    found = pair_field_problem(image, labels, region, mode)
+    return None if found is None else f"Pair {number}: {found.message}"
+
+
+def pair_field_problem(
+    image: Layer | None, labels: Layer | None, region: Layer | None, mode: str
+) -> Problem | None:
+    """Return a pair's first problem with the field at fault (``image``, ``labels``, ``region``).
+
+    The rules on the labels' values are the engine's (:mod:`napari_unetkit.checks`), with its
+    messages; the others concern the choice of layers.
+    """
     if not isinstance(image, Image):
-        return prefix + "choose an Image layer (or open File > Open Sample > U-Net Kit)."
+        return Problem("image", "choose an Image layer (or open File > Open Sample > U-Net Kit).")
     if labels is None:
-        return prefix + (
+        return Problem(
+            "labels",
             f"choose a Labels layer (add one and paint some {_what(mode)}). A mask opened as "
             "an Image layer is listed if it holds whole numbers; otherwise convert it with "
-            "Layers > Convert to Labels."
+            "Layers > Convert to Labels.",
         )
     if labels is image:
-        return prefix + "the labels must be another layer than the image."
+        return Problem("labels", "the labels must be another layer than the image.")
     if not isinstance(labels, Labels) and not integer_image(labels):
-        return prefix + (
-            f"{labels.name!r} is not a Labels layer: convert it with Layers > Convert to Labels."
+        return Problem(
+            "labels",
+            f"{labels.name!r} is not a Labels layer: convert it with Layers > Convert to Labels.",
         )
-    problem = image_dtype_problem(image) or _shape_problem(image, labels)
-    if problem is None and region is not None:
+    problem = image_dtype_problem(image)
+    if problem is not None:
+        return Problem("image", problem)
+    problem = _shape_problem(image, labels)
+    if problem is not None:
+        return Problem("labels", problem)
+    if region is not None:
         problem = _region_problem(region, labels)
-    if problem is None:
-        problem = _content_problem(labels, region is not None, mode)
-    return None if problem is None else prefix + problem
+        if problem is not None:
+            return Problem("region", problem)
+    problem = _content_problem(labels, region is not None, mode)
+    return None if problem is None else Problem("labels", problem)
 
 
 def pairs_problem(images: Sequence[Image], labels: Sequence[Labels], mode: str) -> str | None:
@@ -418,17 +449,7 @@ def pairs_problem(images: Sequence[Image], labels: Sequence[Labels], mode: str) 
     if not all(_scannable(array) for array in arrays):
         return None
     highest = max(int(array.max(initial=0)) for array in arrays)
-    if highest < 2:
-        return (
-            "Classes mode needs at least two painted classes (e.g. 1 = background, 2 = cells; "
-            "0 = not annotated). Paint a second class, or use instances mode."
-        )
-    if highest > MAX_CLASSES:
-        return (
-            f"Classes mode found label {highest} (at most {MAX_CLASSES} classes): these look "
-            "like instance labels; use instances mode."
-        )
-    return None
+    return class_count_problem(highest)
 
 
 def annotation_counts(
@@ -569,18 +590,37 @@ class PairList(Container):
 
     def problem(self, mode: str) -> str | None:
         """Return the first problem of the training data, or ``None`` if it can be used."""
+        found = self.field_problem(mode)
+        return None if found is None else found[0]
+
+    def field_problem(self, mode: str) -> tuple[str, Problem, object | None] | None:
+        """Return the first problem of the training data with where it is, or ``None``.
+
+        Returns
+        -------
+        tuple or None
+            The sentence to show (``"Pair 2: ..."``), the :class:`Problem` (its message as the
+            engine words it, its field ``image``, ``labels``, ``region`` or ``pairs``), and the
+            widget holding it (``None``: several).
+        """
         seen: dict[tuple[int, int], int] = {}
         for number, row in enumerate(self.rows, start=1):
-            problem = row.problem(number, mode)
+            problem = row.field_problem(mode)
             if problem is not None:
-                return problem
+                widget = row.field_widgets()[problem.field]
+                return f"Pair {number}: {problem.message}", problem, widget
             key = (id(row.image.value), id(row.labels_choice.value))
             if key in seen:
-                return f"Pair {number} repeats pair {seen[key]}: choose other layers or remove it."
+                text = f"Pair {number} repeats pair {seen[key]}: choose other layers or remove it."
+                return text, Problem("pairs", text), row.labels_choice
             seen[key] = number
         images = [row.image.value for row in self.rows]
         labels = [row.labels_choice.value for row in self.rows]
-        return pairs_problem(images, labels, mode)
+        text = pairs_problem(images, labels, mode)
+        if text is None:
+            return None
+        field = "image" if text.startswith("All images") else "labels"
+        return text, Problem(field, text), None
 
     def summary(self, mode: str) -> str:
         """Say in one line what training will use, e.g. ``"10 of 20 frames annotated ..."``.

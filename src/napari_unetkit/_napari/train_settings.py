@@ -6,7 +6,6 @@ and scripts train the same way unless the user changes something.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractSpinBox
 
 from napari_unetkit.augmentation import AugmentationSettings
+from napari_unetkit.checks import MODEL_SUFFIX as SUFFIX
+from napari_unetkit.checks import Problem, model_file_name, parse_channels, train_problems
 from napari_unetkit.device import available_devices, describe_device, usable_cpu_count
-from napari_unetkit.modelfile import SUFFIX
 from napari_unetkit.training import OPTIMIZERS, SCHEDULES, TrainConfig
 from napari_unetkit.weightmap import DEFAULT_PRESET, PRESETS, WeightMapSettings, settings_from
 
@@ -46,26 +46,6 @@ def default_size() -> str:
     return "medium"
 
 
-def parse_channels(text: str) -> list[int] | None:
-    """Read the Channels field: empty or "all" means every channel, else e.g. "0, 1".
-
-    Raises
-    ------
-    ValueError
-        For anything but channel numbers separated by commas (or spaces).
-    """
-    words = text.replace(",", " ").split()
-    if not words or words == ["all"]:
-        return None
-    try:
-        return [int(word) for word in words]
-    except ValueError:
-        raise ValueError(
-            f"Channels: write the channel numbers counted from 0, e.g. 0, 1 (or 'all'), "
-            f"not {text!r}."
-        ) from None
-
-
 def auto_threads() -> int:
     """CPU threads used for training inside napari: one core is left for the viewer."""
     return max(1, usable_cpu_count() - 1)
@@ -77,44 +57,18 @@ def file_name_for(layer_name: str) -> str:
     return stem + SUFFIX
 
 
-def with_suffix(path: Path) -> Path:
-    """Append ``.unet`` if the path lacks it (as the model file writer does)."""
-    return path if path.suffix.lower() == SUFFIX else path.with_name(path.name + SUFFIX)
-
-
 def free_path(path: Path) -> Path:
     """Return ``path`` or, if that file exists, the first free ``<stem>-2.unet``, ``-3``, ...
 
     An existing model file is never overwritten: a new run next to it gets a new number.
     """
-    path = with_suffix(path)
+    path = model_file_name(path)
     number = 2
     candidate = path
     while candidate.exists():
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
         number += 1
     return candidate
-
-
-def save_path_problem(path: Path) -> str | None:
-    """Return why a model cannot be written to ``path`` (``None`` if it can).
-
-    Missing folders are fine (they are created) as long as the nearest existing folder is
-    writable.
-    """
-    if str(path) in ("", "."):
-        return "Choose where to save the model."
-    path = with_suffix(path.expanduser())
-    if path.is_dir():
-        return f"{path} is a folder: choose a file name for the model."
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"Cannot save the model in {path.parent}: {folder} is a file, not a folder."
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"Cannot save the model in {path.parent}: the folder is not writable."
-    return None
 
 
 def device_text(choice: str, threads: int) -> str:
@@ -423,6 +377,48 @@ class TrainSettings(Container):
             return PRESETS[name]
         return settings_from(DEFAULT_PRESET, w0=self.w0.value, sigma=self.sigma.value)
 
+    def values(self, mode: str, channel_axis: int | None) -> dict:
+        """Return the :class:`TrainConfig` keyword arguments the fields show.
+
+        Raises
+        ------
+        ValueError
+            If the Channels field cannot be read (see
+            :func:`napari_unetkit.checks.parse_channels`).
+        """
+        by_epochs = self.train_for.value == "epochs"
+        return {
+            "mode": mode,
+            "depth": self.depth.value,
+            "base_channels": MODEL_SIZES[self.size.value],
+            "patch_size": self.patch_size.value,
+            "batch_size": self.batch_size.value,
+            "epochs": self.epochs.value if by_epochs else None,
+            "time_limit": None if by_epochs else self.minutes.value * 60.0,
+            "steps_per_epoch": self.steps_per_epoch.value or None,
+            "learning_rate": self.learning_rate.value,
+            "optimizer": self.optimizer.value,
+            "schedule": self.schedule.value,
+            "loss": "wce+dice" if self.dice.value else "wce",
+            "weightmap": self.weightmap(),
+            "augmentation": AugmentationSettings() if self.augment.value else None,
+            "foreground_bias": self.foreground_bias.value,
+            "val_fraction": self.val_fraction.value,
+            "seed": self.seed.value,
+            "device": self.device.value,
+            "threads": self.cpu_threads,
+            "channel_axis": channel_axis,
+            "channels": parse_channels(self.channels.value),
+        }
+
+    def problems(self, mode: str) -> list[Problem]:
+        """Run the engine's training pre-check on these settings and the model file."""
+        try:
+            values = self.values(mode, channel_axis=None)
+        except ValueError as error:  # the Channels field
+            return [Problem("channels", str(error))]
+        return train_problems(values, out=Path(self.path.value))
+
     def config(self, mode: str, channel_axis: int | None) -> TrainConfig:
         """Build the training configuration from the fields.
 
@@ -436,32 +432,33 @@ class TrainSettings(Container):
         Raises
         ------
         ValueError
-            If the combination of settings is invalid.
+            If the combination of settings is invalid (see :meth:`problems`).
         """
-        by_epochs = self.train_for.value == "epochs"
-        return TrainConfig(
-            mode=mode,
-            depth=self.depth.value,
-            base_channels=MODEL_SIZES[self.size.value],
-            patch_size=self.patch_size.value,
-            batch_size=self.batch_size.value,
-            epochs=self.epochs.value if by_epochs else None,
-            time_limit=None if by_epochs else self.minutes.value * 60.0,
-            steps_per_epoch=self.steps_per_epoch.value or None,
-            learning_rate=self.learning_rate.value,
-            optimizer=self.optimizer.value,
-            schedule=self.schedule.value,
-            loss="wce+dice" if self.dice.value else "wce",
-            weightmap=self.weightmap(),
-            augmentation=AugmentationSettings() if self.augment.value else None,
-            foreground_bias=self.foreground_bias.value,
-            val_fraction=self.val_fraction.value,
-            seed=self.seed.value,
-            device=self.device.value,
-            threads=self.cpu_threads,
-            channel_axis=channel_axis,
-            channels=parse_channels(self.channels.value),
-        )
+        return TrainConfig(**self.values(mode, channel_axis))
+
+    def field_widgets(self) -> dict[str, object]:
+        """Pre-check field name (a :class:`TrainConfig` name, or ``"out"``) -> its widget."""
+        return {
+            "base_channels": self.size,
+            "patch_size": self.patch_size,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "time_limit": self.minutes,
+            "learning_rate": self.learning_rate,
+            "val_fraction": self.val_fraction,
+            "channels": self.channels,
+            "weightmap": self.weight_preset,
+            "device": self.device,
+            "out": self.path,
+            "depth": self.depth,
+            "steps_per_epoch": self.steps_per_epoch,
+            "seed": self.seed,
+            "schedule": self.schedule,
+            "optimizer": self.optimizer,
+            "foreground_bias": self.foreground_bias,
+            "loss": self.dice,
+            "threads": self.threads,
+        }
 
     def remembered_fields(self) -> dict:
         """Fields whose values are remembered across napari sessions (name -> widget)."""

@@ -38,12 +38,14 @@ from napari_unetkit._napari.layers import (
     unique_name,
 )
 from napari_unetkit._napari.loss_plot import LossPlot
+from napari_unetkit._napari.problems import FieldMarks
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.torch_guard import prepare_torch_for_napari
 from napari_unetkit._napari.train_inputs import PairList
 from napari_unetkit._napari.train_job import EpochEnd, Preview, PreviewRequest, training_job
-from napari_unetkit._napari.train_settings import TrainSettings, save_path_problem, with_suffix
+from napari_unetkit._napari.train_settings import TrainSettings
+from napari_unetkit.checks import Problem, model_file_name
 from napari_unetkit.training import TrainConfig, TrainProgress, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -328,6 +330,8 @@ class TrainWidget(Container):
         self._outcome = ""  # "result" or "error" once the run has ended that way
         self._closed_while_running = False
         self._unused_result: TrainResult | None = None  # a model not handed over (score 0)
+        self._problems: list[Problem] = []
+        self._marks = FieldMarks({})  # the fields are named at every check
         self._make_widgets()
         self._connect()
         remember("train", self._remembered_fields())
@@ -467,19 +471,28 @@ class TrainWidget(Container):
         super().reset_choices()
         self._validate()
 
-    def _problem(self) -> str | None:
+    def _check(self) -> tuple[str | None, list[Problem]]:
+        """Run the checks: the pairs (layer choices), then the engine's training pre-check.
+
+        Marks the fields holding problems and returns the sentence to show (``None``: none)
+        and every problem found.
+        """
         mode = self._mode.value
-        problem = self._pairs.problem(mode)
-        if problem is not None:
-            return problem
-        try:
-            self._settings.config(mode, channel_axis=None)
-        except ValueError as error:
-            return f"Settings: {error}"
-        return save_path_problem(Path(self._settings.path.value))
+        fields = dict(self._settings.field_widgets())
+        problems = self._settings.problems(mode)
+        text = "\n".join(problem.message for problem in problems) or None
+        pairs = self._pairs.field_problem(mode)
+        if pairs is not None:
+            text, problem, widget = pairs
+            problems.insert(0, problem)
+            if widget is not None:
+                fields[problem.field] = widget
+        self._marks.fields = fields
+        self._marks.show(problems)
+        return text, problems
 
     def _note(self) -> str:
-        chosen = with_suffix(Path(self._settings.path.value).expanduser())
+        chosen = model_file_name(Path(self._settings.path.value).expanduser())
         actual = self._settings.model_path()
         if actual != chosen:
             return f"{chosen.name} exists: the model will be saved as {actual.name}."
@@ -489,7 +502,7 @@ class TrainWidget(Container):
         """Show what is missing and enable Start only when training can begin."""
         if not self._alive or not hasattr(self, "_start") or self._runner.running:
             return False  # inputs are locked while training: nothing to re-check
-        problem = self._problem()
+        problem, self._problems = self._check()
         self._start.enabled = problem is None
         if problem is None:
             lines = (self._pairs.summary(self._mode.value), self._note())
