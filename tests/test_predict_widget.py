@@ -128,7 +128,7 @@ def test_rgb_image_with_a_grey_model_is_explained(make_napari_viewer, instance_m
     assert "Mode: instances" in widget._chooser.about.value
     assert not widget._run.enabled
     message = widget._message.value
-    assert "1 channel (greyscale)" in message and "'photo' has 3 channels (RGB)" in message
+    assert "1 channel (greyscale)" in message and "has 3 channels (RGB)" in message
     viewer.add_image(np.zeros((32, 32)), name="grey")
     widget._image.value = viewer.layers["grey"]
     assert widget._run.enabled and widget._message.value == ""

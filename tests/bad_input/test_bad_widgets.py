@@ -13,9 +13,9 @@ import pytest
 import torch
 from bad_cases import BAD_MODEL_FILES, cells, untrained_model
 
-from napari_unetkit import checks
+from napari_unetkit import checks, training
 from napari_unetkit import data as data_module
-from napari_unetkit._napari import jobs, predict_widget, train_settings, weightmap_widget
+from napari_unetkit._napari import jobs, predict_widget, weightmap_widget
 from napari_unetkit._napari.layers import METADATA_KEY
 from napari_unetkit._napari.session import SESSION
 from napari_unetkit.prediction import Predictor
@@ -316,7 +316,7 @@ def test_weightmap_widget_explains_and_reports(make_napari_viewer, qtbot, monkey
     widget = dock(viewer, "Boundary weight map")
     widget._labels.value = layer
     assert not widget._run.enabled
-    assert "'cells' holds negative values; use 0 for background" in widget._message.value
+    assert "The labels hold negative values; use 0 (background)" in widget._message.value
 
     empty = viewer.add_labels(np.zeros((16, 16), np.int32), name="empty")
     widget._labels.value = empty

@@ -45,8 +45,10 @@ from napari_unetkit._napari.layers import (
 )
 from napari_unetkit._napari.model_chooser import SESSION_SOURCE, ChosenModel, ModelChooser
 from napari_unetkit._napari.predict_bigdata import EVENT, BigDataOptions
+from napari_unetkit._napari.problems import FieldMarks
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
+from napari_unetkit.checks import Problem, predict_problems
 from napari_unetkit.device import available_devices, describe_device
 from napari_unetkit.modelfile import describe_model
 from napari_unetkit.prediction import PredictionResult, Predictor
@@ -110,32 +112,11 @@ class RunContext:
 # ------------------------------------------------------------------------------ validation
 
 
-def _channels_in_words(count: int) -> str:
-    if count == 1:
-        return "1 channel (greyscale)"
-    return f"{count} channels" + (" (RGB)" if count == 3 else "")
-
-
-def channel_problem(layer: Image, expected: int) -> str | None:
-    """Explain a mismatch between an image layer's channels and the model's, if any."""
+def image_problems(layer: Image, chosen: ChosenModel) -> list[Problem]:
+    """Run the engine's prediction pre-check on an image layer for a model (field ``image``)."""
     data, channel_axis = image_data(layer)
-    found = layout.n_channels(tuple(data.shape), channel_axis)
-    if found == expected:
-        return None
-    text = (
-        f"The model expects {_channels_in_words(expected)} but {layer.name!r} has "
-        f"{_channels_in_words(found)}. "
-    )
-    if expected == 1 and layer.rgb:
-        return text + (
-            "Choose a greyscale image (e.g. Layers > Split RGB and pick one channel), or a "
-            "model trained on RGB images."
-        )
-    if expected == 3:
-        return text + "Choose an RGB image, or a model trained on greyscale images."
-    return text + (
-        "Choose an image like the ones the model was trained on (napari shows RGB images as "
-        "one layer and splits other multichannel images into one layer per channel)."
+    return predict_problems(
+        image_shape=tuple(data.shape), channel_axis=channel_axis, in_channels=chosen.in_channels
     )
 
 
@@ -293,7 +274,17 @@ class PredictWidget(Container):
         self._cancelled = False
         self._outcome: str | None = None
         self._alive = True  # False once Qt has deleted the widget (panel or viewer closed)
+        self._problems: list[Problem] = []
         self._build_fields()
+        self._marks = FieldMarks(
+            {
+                "model": self._chooser.file,
+                "image": self._image,
+                "tile_size": self._tile_size,
+                "threshold": self._threshold,
+                "min_size": self._min_size,
+            }
+        )
         self._export = ExportAction(self)
         remember(
             "predict",
@@ -443,18 +434,26 @@ class PredictWidget(Container):
 
     # -- validation ---------------------------------------------------------------------------
     def _problem(self) -> str | None:
+        self._problems = []
         problem = self._chooser.problem()
         if problem is not None:
+            self._problems = [Problem("model", problem)]
             return problem
         layer = self._image.value
         folder_or_store = self._bigdata.problem(layer, self.model, self._probabilities.value)
         if folder_or_store is not None or self._bigdata.folder_mode:
             return folder_or_store
         if layer is None:
-            return "Choose an image layer (open an image, or File > Open Sample > U-Net Kit)."
-        problem = image_dtype_problem(layer) or channel_problem(layer, self.model.in_channels)
-        if problem is not None:
+            problem = "Choose an image layer (open an image, or File > Open Sample > U-Net Kit)."
+            self._problems = [Problem("image", problem)]
             return problem
+        problem = image_dtype_problem(layer)
+        if problem is not None:
+            self._problems = [Problem("image", problem)]
+            return problem
+        self._problems = image_problems(layer, self.model)
+        if self._problems:
+            return self._problems[0].message
         if self._current_slice.value and self._is_stack(layer):
             return self._preview_problem(layer)
         return None
@@ -477,6 +476,9 @@ class PredictWidget(Container):
         """Update the dependent fields and the message; enable Run only for valid inputs."""
         self._update_fields()
         problem = self._problem()
+        if problem is not None and not self._problems:
+            self._problems = [Problem("output", problem)]  # the zarr store or folder options
+        self._marks.show(self._problems)
         if not self._runner.running:
             self._run.enabled = problem is None
             self._message.value = problem or ""

@@ -25,8 +25,10 @@ from napari_unetkit._napari.layers import (
     snapshot,
     unique_name,
 )
+from napari_unetkit._napari.problems import FieldMarks
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.train_inputs import MAX_SCANNED_PIXELS
+from napari_unetkit.checks import Problem, weightmap_problems
 from napari_unetkit.weightmap import (
     CLASS_BALANCES,
     DEFAULT_PRESET,
@@ -73,6 +75,8 @@ class WeightMapWidget(Container):
         self._done = ""  # what the finished run added, for the message
         self._labels = create_widget(annotation=Labels, label="Labels")
         self._labels.tooltip = "Instance labels: each cell painted with its own id, 0 = background."
+        self._problems: list[Problem] = []
+        self._marks = FieldMarks({"labels": self._labels})
         self._preset = ComboBox(
             label="Preset",
             choices=(*PRESETS, "custom"),
@@ -206,16 +210,13 @@ class WeightMapWidget(Container):
     def _problem(self) -> str | None:
         layer = self._labels.value
         if layer is None:
-            return "Choose a Labels layer (paint cells, or open File > Open Sample)."
-        data = labels_data(layer)
-        if data.ndim < 2:
-            return f"{layer.name!r} must be 2D or a stack of 2D slices."
-        if _in_memory(data) and np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0:
-            return (
-                f"{layer.name!r} holds negative values; use 0 for background and positive "
-                "ids for cells."
-            )
-        return None
+            choose = "Choose a Labels layer (paint cells, or open File > Open Sample)."
+            self._problems = [Problem("labels", choose)]
+        else:
+            data = labels_data(layer)
+            self._problems = weightmap_problems(data, scan=_in_memory(data))
+        self._marks.show(self._problems)
+        return self._problems[0].message if self._problems else None
 
     def _notice(self) -> str:
         """Return a remark that does not stop the computation (an empty labels layer)."""
