@@ -45,18 +45,18 @@ def test_export_writes_a_package_that_the_panel_loads_back(
     monkeypatch.setattr(export_action, "ask_package_path", ask)
     monkeypatch.setattr(export_action, "show_info", messages.append)
     widget = dock(make_napari_viewer())
-    widget._chooser.file.value = model_file
+    widget.fields["model_file"].value = model_file
     qtbot.waitUntil(lambda: widget.model is not None, timeout=30_000)
-    widget._export.button.native.click()
+    widget.export.button.native.click()
     assert asked == [tmp_path / "nuclei.bioimageio.zip"]
-    qtbot.waitUntil(lambda: not widget._export.runner.running, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.export.runner.running, timeout=120_000)
     out = tmp_path / "exported.zip"
     assert is_package(out)
     assert messages == [f"bioimage.io package written to {out}."]
-    assert widget._export.button.enabled
+    assert widget.export.button.enabled
 
     original, description = load_model(model_file)
-    widget._chooser.file.value = out
+    widget.fields["model_file"].value = out
     qtbot.waitUntil(lambda: widget.model is not None, timeout=30_000)
     assert widget.model.description == description
     for name, tensor in original.state_dict().items():
@@ -70,9 +70,9 @@ def test_export_without_a_model_or_with_the_dialog_cancelled(
     monkeypatch.setattr(export_action, "show_info", messages.append)
     monkeypatch.setattr(export_action, "ask_package_path", lambda parent, suggested: None)
     widget = dock(make_napari_viewer())
-    widget._export.button.native.click()
+    widget.export.button.native.click()
     assert messages == [export_action.NO_MODEL_TEXT]
-    widget._chooser.file.value = model_file
-    widget._export.button.native.click()  # the dialog is cancelled: nothing starts
-    assert not widget._export.runner.running
+    widget.fields["model_file"].value = model_file
+    widget.export.button.native.click()  # the dialog is cancelled: nothing starts
+    assert not widget.export.runner.running
     assert not list(model_file.parent.glob("*.zip"))

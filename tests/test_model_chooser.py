@@ -60,13 +60,13 @@ def test_predict_panel_offers_the_remembered_folders_models(make_napari_viewer, 
     save_widget_settings("train", {"path": str(folder / "next.unet")})  # as after a restart
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-unetkit", "Predict with U-Net")
-    recent = widget._chooser.recent
+    recent = widget.recent
     assert recent.value is None
     assert [path for path in recent.choices if path is not None][:3] == [
         p.resolve() for p in (tissue, cells2, cells)
     ]
     recent.value = cells.resolve()
-    assert widget._chooser.file.value == cells.resolve()
-    assert widget._chooser.source.value == "file"
+    assert widget.fields["model_file"].value == cells.resolve()
+    assert widget.fields["source"].value == "file"
     assert widget.model is not None and widget.model.path == cells.resolve()
     assert recent.native.currentText().startswith("cells.unet · ")

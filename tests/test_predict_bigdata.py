@@ -43,15 +43,15 @@ def _no_session_model(monkeypatch):
 
 def dock(viewer, model_file):
     _, widget = viewer.window.add_plugin_dock_widget("napari-unetkit", "Predict with U-Net")
-    widget._chooser.file.value = model_file
-    widget._device.value = "cpu"
+    widget.fields["model_file"].value = model_file
+    widget.fields["device"].value = "cpu"
     return widget
 
 
 def run_and_wait(qtbot, widget):
-    assert widget._run.enabled, widget._message.value
-    widget._run.native.click()
-    qtbot.waitUntil(lambda: not widget._runner.running, timeout=120_000)
+    assert widget.can_start, widget.message
+    widget.press_start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
 
 
 def same_up_to_renumbering(a, b) -> bool:
@@ -72,9 +72,9 @@ def test_a_zarr_backed_multiscale_layer_is_predicted_into_a_store(
     viewer = make_napari_viewer()
     viewer.add_image([finest, finest[:, ::2, ::2]], multiscale=True, name="cells", scale=(2, 1, 1))
     widget = dock(viewer, model_file)
-    widget._bigdata.to_store.value = True
-    assert not widget._run.enabled and "output folder" in widget._message.value
-    widget._bigdata.output_folder.value = tmp_path
+    widget.bigdata.to_store.value = True
+    assert not widget.can_start and "output folder" in widget.message
+    widget.bigdata.output_folder.value = tmp_path
     run_and_wait(qtbot, widget)
     (layer,) = [lyr for lyr in viewer.layers if lyr.metadata.get(METADATA_KEY) == "prediction"]
     assert isinstance(layer, Labels) and isinstance(layer.data, da.Array)  # read lazily
@@ -82,7 +82,7 @@ def test_a_zarr_backed_multiscale_layer_is_predicted_into_a_store(
     assert tuple(layer.scale) == (2, 1, 1)
     expected = Predictor.from_file(model_file, device="cpu").predict(stack).labels
     assert same_up_to_renumbering(np.asarray(layer.data), expected)
-    assert "Written to" in widget._message.value
+    assert "Written to" in widget.message
 
 
 def test_a_result_too_large_for_memory_goes_to_a_store(
@@ -92,12 +92,12 @@ def test_a_result_too_large_for_memory_goes_to_a_store(
     viewer = make_napari_viewer()
     viewer.add_image(synthetic_nuclei((128, 128), seed=1)[0], name="cells")
     widget = dock(viewer, model_file)
-    note = widget._bigdata.note.value
+    note = widget.bigdata.note.value
     assert "about 64 MiB" not in note and "64 KiB" not in note
     assert "would take about" in note and "zarr store" in note
-    assert not widget._run.enabled and not widget._bigdata.output_folder.native.isHidden()
-    widget._bigdata.output_folder.value = tmp_path
-    assert widget._run.enabled
+    assert not widget.can_start and not widget.bigdata.output_folder.native.isHidden()
+    widget.bigdata.output_folder.value = tmp_path
+    assert widget.can_start
 
 
 def test_folder_mode_reports_a_broken_file_and_goes_on(
@@ -112,13 +112,13 @@ def test_folder_mode_reports_a_broken_file_and_goes_on(
     (plate / "b.tif").write_bytes(b"broken")
     viewer = make_napari_viewer()
     widget = dock(viewer, model_file)
-    widget._bigdata.mode.value = predict_bigdata.FOLDER_MODE
-    assert widget._image.native.isHidden() and "folder of images" in widget._message.value
-    widget._bigdata.input_folder.value = plate
-    widget._bigdata.output_folder.value = results
+    widget.bigdata.mode.value = predict_bigdata.FOLDER_MODE
+    assert widget.fields["image"].native.isHidden() and "folder of images" in widget.message
+    widget.bigdata.input_folder.value = plate
+    widget.bigdata.output_folder.value = results
     run_and_wait(qtbot, widget)
-    assert "2 written, 0 skipped" in widget._message.value and "1 failed" in widget._message.value
-    assert "b.tif" in widget._message.value
+    assert "2 written, 0 skipped" in widget.message and "1 failed" in widget.message
+    assert "b.tif" in widget.message
     predictor = Predictor.from_file(model_file, device="cpu")
     for name, image in images.items():
         labels = tifffile.imread(results / f"{name}.tif")

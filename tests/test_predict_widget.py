@@ -81,12 +81,12 @@ def dock(viewer):
 
 
 def run_and_wait(qtbot, widget):
-    assert widget._run.enabled, widget._message.value
-    widget._run.native.click()
-    assert widget._runner.running
+    assert widget.can_start, widget.message
+    widget.press_start()
+    assert widget.runner.running
     # Not waitSignal(worker.finished): a job that fails at once may finish before the signal
     # is connected. The runner forgets its worker in the GUI thread once it has finished.
-    qtbot.waitUntil(lambda: not widget._runner.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
 
 
 def predictions(viewer):
@@ -100,11 +100,11 @@ def test_without_a_model_run_is_disabled_with_a_reason(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)))
     widget = dock(viewer)
-    assert not widget._run.enabled
-    assert "model" in widget._message.value and ".unet" in widget._message.value
-    widget._chooser.source.value = "session"
-    assert not widget._run.enabled
-    assert "No model has been trained in this session" in widget._message.value
+    assert not widget.can_start
+    assert "model" in widget.message and ".unet" in widget.message
+    widget.fields["source"].value = "session"
+    assert not widget.can_start
+    assert "No model has been trained in this session" in widget.message
 
 
 def test_bad_model_file_is_explained(make_napari_viewer, tmp_path):
@@ -113,25 +113,25 @@ def test_bad_model_file_is_explained(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)))
     widget = dock(viewer)
-    widget._chooser.file.value = bad
-    assert not widget._run.enabled
-    assert "broken.unet is not a napari-unetkit model file" in widget._message.value
-    widget._chooser.file.value = tmp_path / "missing.unet"
-    assert "does not exist" in widget._message.value
+    widget.fields["model_file"].value = bad
+    assert not widget.can_start
+    assert "broken.unet is not a napari-unetkit model file" in widget.message
+    widget.fields["model_file"].value = tmp_path / "missing.unet"
+    assert "does not exist" in widget.message
 
 
 def test_rgb_image_with_a_grey_model_is_explained(make_napari_viewer, instance_model):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
-    assert "Mode: instances" in widget._chooser.about.value
-    assert not widget._run.enabled
-    message = widget._message.value
+    widget.fields["model_file"].value = instance_model
+    assert "Mode: instances" in widget.about
+    assert not widget.can_start
+    message = widget.message
     assert "1 channel (greyscale)" in message and "has 3 channels (RGB)" in message
     viewer.add_image(np.zeros((32, 32)), name="grey")
-    widget._image.value = viewer.layers["grey"]
-    assert widget._run.enabled and widget._message.value == ""
+    widget.fields["image"].value = viewer.layers["grey"]
+    assert widget.can_start and widget.message == ""
 
 
 def test_large_model_files_load_in_a_worker(
@@ -141,24 +141,24 @@ def test_large_model_files_load_in_a_worker(
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)))
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
-    assert "Loading" in widget._message.value and not widget._run.enabled
-    qtbot.waitUntil(lambda: not widget._chooser.loader.running, timeout=30_000)
-    assert widget._run.enabled
-    assert "Input channels: 1" in widget._chooser.about.value
+    widget.fields["model_file"].value = instance_model
+    assert "Loading" in widget.message and not widget.can_start
+    qtbot.waitUntil(lambda: not widget.loading, timeout=30_000)
+    assert widget.can_start
+    assert "Input channels: 1" in widget.about
 
     # A file chosen while another one loads is loaded next; the first one's result is dropped.
     copy = tmp_path / "copy.unet"
     copy.write_bytes(instance_model.read_bytes())
     bad = tmp_path / "bad.unet"
     bad.write_bytes(b"not a model")
-    widget._chooser.file.value = copy
-    assert widget._chooser.loader.running
-    widget._chooser.file.value = bad
+    widget.fields["model_file"].value = copy
+    assert widget.loading
+    widget.fields["model_file"].value = bad
     expected = "bad.unet is not a napari-unetkit model file"
-    qtbot.waitUntil(lambda: expected in widget._message.value, timeout=30_000)
-    qtbot.waitUntil(lambda: not widget._chooser.loader.running, timeout=30_000)
-    assert widget._chooser.about.value == "" and not widget._run.enabled
+    qtbot.waitUntil(lambda: expected in widget.message, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget.loading, timeout=30_000)
+    assert widget.about == "" and not widget.can_start
 
 
 # ------------------------------------------------------------------------------------ prediction
@@ -170,11 +170,11 @@ def test_widget_prediction_equals_the_engine(make_napari_viewer, qtbot, instance
     viewer.add_image(image, name="cells", scale=(0.5, 0.25), translate=(3, 4))
     viewer.add_labels(np.zeros((8, 8), np.int32), name="cells prediction")  # the user's
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
-    widget._own_settings.value = False
-    widget._threshold.value = 0.6
-    widget._min_size.value = 7
-    widget._device.value = "cpu"
+    widget.fields["model_file"].value = instance_model
+    widget.fields["own_instance_settings"].value = False
+    widget.fields["threshold"].value = 0.6
+    widget.fields["min_size"].value = 7
+    widget.fields["device"].value = "cpu"
     run_and_wait(qtbot, widget)
 
     (layer,) = predictions(viewer)
@@ -188,7 +188,7 @@ def test_widget_prediction_equals_the_engine(make_napari_viewer, qtbot, instance
     predictor = Predictor.from_file(instance_model, device="cpu")
     expected = predictor.predict(image, threshold=0.6, min_size=7)
     np.testing.assert_array_equal(layer.data, expected.labels)
-    assert "instances" in widget._message.value and widget._run.text == "Run"
+    assert "instances" in widget.message and widget.button_text == "Run"
 
 
 def test_the_model_s_own_instance_settings_are_shown_and_used(
@@ -198,19 +198,19 @@ def test_the_model_s_own_instance_settings_are_shown_and_used(
     viewer = make_napari_viewer()
     viewer.add_image(image, name="cells")
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
+    widget.fields["model_file"].value = instance_model
     predictor = Predictor.from_file(instance_model, device="cpu")
     stored = predictor.instance_settings
-    assert widget._own_settings.value
-    assert not widget._threshold.enabled and not widget._min_size.enabled
-    assert widget._threshold.value == pytest.approx(stored.threshold, abs=0.01)
-    assert widget._min_size.value == stored.min_size
-    assert "Instances: " in widget._chooser.about.value
+    assert widget.fields["own_instance_settings"].value
+    assert not widget.fields["threshold"].enabled and not widget.fields["min_size"].enabled
+    assert widget.fields["threshold"].value == pytest.approx(stored.threshold, abs=0.01)
+    assert widget.fields["min_size"].value == stored.min_size
+    assert "Instances: " in widget.about
     assert widget.settings.threshold is None and widget.settings.min_size is None
     run_and_wait(qtbot, widget)
     np.testing.assert_array_equal(predictions(viewer)[0].data, predictor.predict(image).labels)
-    widget._own_settings.value = False
-    assert widget._threshold.enabled and widget._min_size.enabled
+    widget.fields["own_instance_settings"].value = False
+    assert widget.fields["threshold"].enabled and widget.fields["min_size"].enabled
 
 
 def test_stack_slice_wise_and_current_slice_only(make_napari_viewer, qtbot, instance_model):
@@ -219,7 +219,7 @@ def test_stack_slice_wise_and_current_slice_only(make_napari_viewer, qtbot, inst
     viewer = make_napari_viewer()
     viewer.add_image(lazy, name="stack", scale=(2, 1, 1), translate=(10, 0, 0))
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
+    widget.fields["model_file"].value = instance_model
     run_and_wait(qtbot, widget)
     full = predictions(viewer)[0].data
     expected = Predictor.from_file(instance_model, device="cpu").predict(stack)
@@ -227,7 +227,7 @@ def test_stack_slice_wise_and_current_slice_only(make_napari_viewer, qtbot, inst
     assert all(full[z].max() > 0 for z in range(3))
 
     viewer.dims.set_point(0, 14.0)  # world z 14 = data slice (14 - 10) / 2 = 2
-    widget._current_slice.value = True
+    widget.fields["current_slice"].value = True
     assert widget.settings.slices == [(2,)]
     run_and_wait(qtbot, widget)
     preview = predictions(viewer)[1].data
@@ -240,8 +240,8 @@ def test_probabilities_layer(make_napari_viewer, qtbot, instance_model):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="cells")
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
-    widget._probabilities.value = True
+    widget.fields["model_file"].value = instance_model
+    widget.fields["probabilities"].value = True
     run_and_wait(qtbot, widget)
     probability = viewer.layers["cells probability"]
     assert isinstance(probability, Image) and probability.data.shape == image.shape
@@ -254,10 +254,10 @@ def test_class_model_offers_semantic_output_only(make_napari_viewer, qtbot, clas
     viewer = make_napari_viewer()
     viewer.add_image(synthetic_nuclei(shape=(64, 64), seed=1)[0], name="cells")
     widget = dock(viewer)
-    widget._chooser.file.value = class_model
-    assert tuple(widget._output.choices) == ("semantic",)
-    assert not widget._threshold.enabled
-    widget._probabilities.value = True
+    widget.fields["model_file"].value = class_model
+    assert tuple(widget.fields["output"].choices) == ("semantic",)
+    assert not widget.fields["threshold"].enabled
+    widget.fields["probabilities"].value = True
     run_and_wait(qtbot, widget)
     labels = predictions(viewer)[0].data
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {1, 2, 3}
@@ -269,15 +269,15 @@ def test_cancel_adds_no_layer(make_napari_viewer, qtbot, instance_model):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((3, 256, 256), np.float32), name="big")
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
-    widget._tile_size.value = 16  # hundreds of tiles
-    widget._run.native.click()
-    assert widget._runner.running and widget._run.text == "Cancel"
-    widget._run.native.click()
-    qtbot.waitUntil(lambda: not widget._runner.running, timeout=60_000)
+    widget.fields["model_file"].value = instance_model
+    widget.fields["tile_size"].value = 16  # hundreds of tiles
+    widget.press_start()
+    assert widget.runner.running and widget.button_text == "Cancel"
+    widget.press_start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
     assert predictions(viewer) == [] and [layer.name for layer in viewer.layers] == ["big"]
-    assert "Cancelled" in widget._message.value
-    assert widget._run.text == "Run" and widget._run.enabled
+    assert "Cancelled" in widget.message
+    assert widget.button_text == "Run" and widget.can_start
 
 
 # ------------------------------------------------------------------------------------ session
@@ -289,11 +289,11 @@ def test_model_trained_in_this_session_becomes_the_selection(
     viewer = make_napari_viewer()
     viewer.add_image(synthetic_nuclei(shape=(64, 64), seed=2)[0], name="cells")
     widget = dock(viewer)
-    assert widget._chooser.source.value == "file" and not widget._run.enabled
+    assert widget.fields["source"].value == "file" and not widget.can_start
     model, description = load_model(instance_model)
     SESSION.publish(TrainedModel(model, description, None))
-    assert widget._chooser.source.value == "session" and widget._run.enabled
-    assert widget._chooser.about.value.startswith("Trained in this session\nMode: instances")
+    assert widget.fields["source"].value == "session" and widget.can_start
+    assert widget.about.startswith("Trained in this session\nMode: instances")
     run_and_wait(qtbot, widget)
     (layer,) = predictions(viewer)
     assert layer.metadata["model"] == "trained in this session"
@@ -302,25 +302,23 @@ def test_model_trained_in_this_session_becomes_the_selection(
 
 def test_settings_are_remembered(make_napari_viewer, instance_model, tmp_path):
     widget = dock(make_napari_viewer())
-    widget._chooser.file.value = instance_model
-    widget._own_settings.value = False
-    widget._tta.value = True
-    widget._tile_size.value = 256
-    widget._output.value = "semantic"
-    widget._device.value = "cpu"
+    widget.fields["model_file"].value = instance_model
+    widget.fields["own_instance_settings"].value = False
+    widget.fields["tta"].value = True
+    widget.fields["tile_size"].value = 256
+    widget.fields["output"].value = "semantic"
+    widget.fields["device"].value = "cpu"
     second = dock(make_napari_viewer())
-    assert (
-        second._chooser.file.value == instance_model
-        and "Mode: instances" in second._chooser.about.value
-    )
-    assert second._own_settings.value is False
-    assert (second._tta.value, second._tile_size.value) == (True, 256)
-    assert (second._output.value, second._device.value) == ("semantic", "cpu")
+    assert second.fields["model_file"].value == instance_model and "Mode: instances" in second.about
+    assert second.fields["own_instance_settings"].value is False
+    assert (second.fields["tta"].value, second.fields["tile_size"].value) == (True, 256)
+    assert (second.fields["output"].value, second.fields["device"].value) == ("semantic", "cpu")
 
     gone = tmp_path / "gone.unet"
-    second._chooser.file.value = gone
+    second.fields["model_file"].value = gone
     third = dock(make_napari_viewer())
-    assert third._chooser.file.value is None  # a remembered file that no longer exists is dropped
+    # A remembered file that no longer exists is dropped.
+    assert third.fields["model_file"].value is None
 
 
 def test_engine_errors_are_shown_in_the_widget(make_napari_viewer, qtbot, instance_model):
@@ -329,11 +327,11 @@ def test_engine_errors_are_shown_in_the_widget(make_napari_viewer, qtbot, instan
     viewer = make_napari_viewer()
     viewer.add_image(image, name="holes")
     widget = dock(viewer)
-    widget._chooser.file.value = instance_model
+    widget.fields["model_file"].value = instance_model
     run_and_wait(qtbot, widget)
     assert predictions(viewer) == []
-    assert widget._message.value.startswith("Prediction failed: The image contains NaN")
-    assert widget._run.enabled and widget._run.text == "Run"
+    assert widget.message.startswith("Prediction failed: The image contains NaN")
+    assert widget.can_start and widget.button_text == "Run"
 
 
 def test_loading_a_model_file_in_a_fresh_napari_does_not_crash(instance_model, tmp_path):
@@ -345,8 +343,8 @@ def test_loading_a_model_file_in_a_fresh_napari_does_not_crash(instance_model, t
         "viewer = napari.Viewer(show=False)\n"
         "viewer.add_image(np.zeros((32, 32)))\n"
         "widget = PredictWidget(viewer)\n"
-        "widget._chooser.file.value = sys.argv[1]\n"
-        "assert widget._run.enabled, widget._message.value\n"
+        "widget.set_inputs(model_file=sys.argv[1])\n"
+        "assert widget.can_start, widget.message\n"
         "viewer.close()\n"
     )
     env = {**os.environ, "NAPARI_UNETKIT_CONFIG_DIR": str(tmp_path / "config")}

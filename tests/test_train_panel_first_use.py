@@ -47,14 +47,14 @@ def shown(field) -> bool:
 def test_captions_survive_opening_the_panel_on_an_empty_viewer(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = dock(viewer)  # no layer at all, as in the paint-your-own workflow
-    row = widget._pairs.rows[0]
+    row = widget.pairs.rows[0]
     assert set(CAPTIONS) <= shown_captions(row)
     image, labels = synthetic_nuclei(shape=(64, 64), seed=2)
     viewer.add_image(image, name="cells")
     viewer.add_labels(np.zeros_like(labels), name="Labels")
     assert set(CAPTIONS) <= shown_captions(row)
     assert row.labels_choice.value is viewer.layers["Labels"]
-    second = widget._pairs.add_row()
+    second = widget.pairs.add_row()
     assert set(CAPTIONS) <= shown_captions(second)
 
 
@@ -63,10 +63,10 @@ def test_masks_opened_as_images_are_offered_as_labels(make_napari_viewer, tmp_pa
     image, labels = synthetic_nuclei(shape=(64, 64), seed=3)
     viewer.add_image(image.astype(np.uint16), name="cells")  # integer microscopy image
     widget = dock(viewer)
-    widget._settings.path.value = tmp_path / "m.unet"
-    row = widget._pairs.rows[0]
+    widget.settings_form.path.value = tmp_path / "m.unet"
+    row = widget.pairs.rows[0]
     assert row.labels_choice.value is None  # the image itself is never picked as its labels
-    assert "Convert to Labels" in widget._message.value
+    assert "Convert to Labels" in widget.message
 
     viewer.add_image(labels.astype(np.float32), name="cells probability")  # not whole numbers
     masks = viewer.add_image(labels.astype(np.uint16), name="cells_masks")  # File > Open
@@ -74,12 +74,12 @@ def test_masks_opened_as_images_are_offered_as_labels(make_napari_viewer, tmp_pa
     assert "cells_masks" + IMAGE_AS_LABELS in texts
     assert not any(text.startswith("cells probability") for text in texts)
     assert row.labels_choice.value is masks
-    assert widget._start.enabled, widget._message.value
-    snapshot = widget._pairs.take_snapshot()
+    assert widget.can_start, widget.message
+    snapshot = widget.pairs.take_snapshot()
     np.testing.assert_array_equal(snapshot.pairs[0][1], labels)
 
     row.labels_choice.value = row.image.value
-    assert not widget._start.enabled and "another layer than the image" in widget._message.value
+    assert not widget.can_start and "another layer than the image" in widget.message
 
 
 def test_the_panels_own_results_are_never_picked(make_napari_viewer):
@@ -89,14 +89,14 @@ def test_the_panels_own_results_are_never_picked(make_napari_viewer):
     for kind in ("prediction", "preview"):
         viewer.add_labels(labels, name=f"nuclei {kind}", metadata={METADATA_KEY: kind})
     widget = dock(viewer)
-    row = widget._pairs.rows[0]
+    row = widget.pairs.rows[0]
     assert row.labels_choice.value is None
-    assert "choose a Labels layer" in widget._message.value
+    assert "choose a Labels layer" in widget.message
     assert combo_texts(row.labels_choice)[1:3] == ["nuclei prediction", "nuclei preview"]
 
     mine = viewer.add_labels(labels, name="my cells")
     assert row.labels_choice.value is mine
-    assert widget._start.enabled, widget._message.value
+    assert widget.can_start, widget.message
     row.labels_choice.value = viewer.layers["nuclei prediction"]  # chosen on purpose: kept
     viewer.add_labels(np.zeros_like(labels), name="other")
     assert row.labels_choice.value is viewer.layers["nuclei prediction"]
@@ -120,19 +120,18 @@ def test_summary_before_start_and_a_stack_of_only_the_annotated_frames(make_napa
     widget = dock(viewer)
     annotated, objects = reference_counts(labels)
     assert annotated == 10
-    assert widget._start.enabled, widget._message.value
+    assert widget.can_start, widget.message
     assert (
-        f"10 of 20 frames annotated (empty frames are skipped); {objects} objects"
-        in widget._message.value
+        f"10 of 20 frames annotated (empty frames are skipped); {objects} objects" in widget.message
     )
 
     viewer.layers.remove("movie labels")
     short = viewer.add_labels(labels[:10], name="masks")  # only the annotated frames
-    row = widget._pairs.rows[0]
+    row = widget.pairs.rows[0]
     row.labels_choice.value = short
-    assert not widget._start.enabled
-    assert "'masks' has 10 frames but 'movie' has 20" in widget._message.value
-    assert "Add empty frames" in widget._message.value
+    assert not widget.can_start
+    assert "'masks' has 10 frames but 'movie' has 20" in widget.message
+    assert "Add empty frames" in widget.message
     assert shown(row.pad_button)
     row.pad_button.native.click()
     padded = viewer.layers["masks (20 frames)"]
@@ -140,7 +139,7 @@ def test_summary_before_start_and_a_stack_of_only_the_annotated_frames(make_napa
     np.testing.assert_array_equal(padded.data, labels)
     np.testing.assert_array_equal(short.data, labels[:10])  # the user's layer is untouched
     assert not shown(row.pad_button)
-    assert widget._start.enabled, widget._message.value
+    assert widget.can_start, widget.message
 
 
 def test_annotation_counts_match_a_per_frame_reference(rng):
@@ -176,24 +175,24 @@ def tiny_result(score: float | None, stopped_by: str = "cancel") -> TrainResult:
 def test_a_model_scoring_zero_waits_for_the_users_choice(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = dock(viewer)
-    assert "held out from training" in widget._score_note.value
+    assert "held out from training" in widget.score_note
     earlier = TrainedModel(UNet(UNetConfig(depth=1, base_channels=2)), {}, None)
     SESSION.publish(earlier)
     widget._config = TrainConfig(epochs=50)
     result = tiny_result(0.0)
     widget._on_result(result)
     assert SESSION.latest is earlier
-    assert "validation F1 is 0" in widget._summary.value
-    assert "Predict panel keeps its model" in widget._summary.value
-    assert shown(widget._use_anyway)
-    widget._use_anyway.native.click()
+    assert "validation F1 is 0" in widget.summary
+    assert "Predict panel keeps its model" in widget.summary
+    assert widget.can_use_anyway
+    widget.use_model_anyway()
     assert SESSION.latest.model is result.model
-    assert not shown(widget._use_anyway)
+    assert not widget.can_use_anyway
 
     good = tiny_result(0.8)
     widget._on_result(good)
-    assert SESSION.latest.model is good.model and not shown(widget._use_anyway)
-    assert "The Predict panel now uses this model." in widget._summary.value
+    assert SESSION.latest.model is good.model and not widget.can_use_anyway
+    assert "The Predict panel now uses this model." in widget.summary
 
 
 def test_end_of_training_is_said_in_words():

@@ -37,7 +37,7 @@ def add_sample(viewer, nuclei, name="nuclei"):
 
 def make_tiny(widget, path, epochs=2, steps=3):
     """Set tiny settings through the widget's fields, as a user would."""
-    settings = widget._settings
+    settings = widget.settings_form
     settings.show_advanced.value = True
     settings.size.value = "small"
     settings.depth.value = 2
@@ -50,8 +50,8 @@ def make_tiny(widget, path, epochs=2, steps=3):
 
 
 def start(widget):
-    assert widget._start.enabled, widget._message.value
-    widget._start.native.click()
+    assert widget.can_start, widget.message
+    widget.press_start()
     worker = widget.runner.worker
     assert worker is not None
     return worker
@@ -72,7 +72,7 @@ def test_docks_with_the_engine_defaults(make_napari_viewer, nuclei):
     add_sample(viewer, nuclei)
     widget = dock(viewer)
     defaults = TrainConfig()
-    settings = widget._settings
+    settings = widget.settings_form
     assert settings.patch_size.value == defaults.patch_size
     assert settings.batch_size.value == defaults.batch_size
     assert settings.epochs.value == defaults.epochs
@@ -82,8 +82,8 @@ def test_docks_with_the_engine_defaults(make_napari_viewer, nuclei):
     assert not settings.advanced.visible
     assert settings.device_info.value.startswith("CPU")
     assert settings.path.value.name == "nuclei.unet"
-    assert widget._pairs.rows[0].labels_choice.value is viewer.layers["nuclei labels"]
-    assert widget._start.enabled, widget._message.value
+    assert widget.pairs.rows[0].labels_choice.value is viewer.layers["nuclei labels"]
+    assert widget.can_start, widget.message
 
 
 def test_validation_follows_the_users_choices(make_napari_viewer, nuclei, tmp_path):
@@ -92,50 +92,50 @@ def test_validation_follows_the_users_choices(make_napari_viewer, nuclei, tmp_pa
     viewer.add_image(image, name="nuclei")
     small = viewer.add_labels(np.zeros((64, 64), np.int32), name="small")
     widget = dock(viewer)
-    row = widget._pairs.rows[0]
-    widget._settings.path.value = tmp_path / "m.unet"
+    row = widget.pairs.rows[0]
+    widget.settings_form.path.value = tmp_path / "m.unet"
     assert row.labels_choice.value is small
-    assert not widget._start.enabled
-    assert "shape (64, 64)" in widget._message.value
+    assert not widget.can_start
+    assert "shape (64, 64)" in widget.message
 
     good = viewer.add_labels(np.zeros_like(labels), name="good")  # reset_choices runs
     row.labels_choice.value = good
-    assert not widget._start.enabled and "empty" in widget._message.value
+    assert not widget.can_start and "empty" in widget.message
     good.data = labels
-    assert widget._start.enabled, widget._message.value
+    assert widget.can_start, widget.message
 
     row.region.value = small  # a mask of the wrong shape
-    assert not widget._start.enabled and "region" in widget._message.value
+    assert not widget.can_start and "region" in widget.message
     row.region.value = None
-    assert widget._start.enabled
+    assert widget.can_start
 
     good.data = np.where(labels > 0, labels + 100, 0)  # instance ids above 100
-    widget._mode.value = "classes"
-    assert not widget._start.enabled and "instances mode" in widget._message.value
+    widget.fields["mode"].value = "classes"
+    assert not widget.can_start and "instances mode" in widget.message
     good.data = (labels > 0).astype(np.int32)  # only class 1
-    assert not widget._start.enabled and "two painted classes" in widget._message.value
+    assert not widget.can_start and "two painted classes" in widget.message
     good.data = (labels > 0).astype(np.int32) + 1
-    assert widget._start.enabled, widget._message.value
-    widget._mode.value = "instances"
+    assert widget.can_start, widget.message
+    widget.fields["mode"].value = "instances"
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    widget._settings.path.value = blocker / "m.unet"
-    assert not widget._start.enabled and "not a folder" in widget._message.value
-    widget._settings.path.value = tmp_path / "m.unet"
-    assert widget._start.enabled
+    widget.settings_form.path.value = blocker / "m.unet"
+    assert not widget.can_start and "not a folder" in widget.message
+    widget.settings_form.path.value = tmp_path / "m.unet"
+    assert widget.can_start
 
-    second = widget._pairs.add_row()
+    second = widget.pairs.add_row()
     assert second.labels_choice.value is small  # a layer that pair 1 does not use
-    assert not widget._start.enabled and widget._message.value.startswith("Pair 2")
+    assert not widget.can_start and widget.message.startswith("Pair 2")
     second.labels_choice.value = good
-    assert not widget._start.enabled and "repeats pair 1" in widget._message.value
-    widget._pairs.remove_row(second)
-    assert widget._start.enabled
+    assert not widget.can_start and "repeats pair 1" in widget.message
+    widget.pairs.remove_row(second)
+    assert widget.can_start
 
     viewer.layers.remove(good)
     viewer.layers.remove(small)
-    assert not widget._start.enabled and "choose a Labels layer" in widget._message.value
+    assert not widget.can_start and "choose a Labels layer" in widget.message
 
 
 def test_pair_checks_for_rgb_stacks_and_regions():
@@ -161,31 +161,31 @@ def test_training_through_the_widget(make_napari_viewer, qtbot, nuclei, tmp_path
     existing = tmp_path / "nuclei.unet"
     existing.write_bytes(b"keep me")
     make_tiny(widget, existing)
-    assert "nuclei-2.unet" in widget._message.value  # never overwritten: a new number
-    widget._preview.value = True
-    widget._preview_every.value = 1
+    assert "nuclei-2.unet" in widget.message  # never overwritten: a new number
+    widget.fields["preview"].value = True
+    widget.fields["preview_every"].value = 1
     wait(qtbot, start(widget))
 
     saved = tmp_path / "nuclei-2.unet"
     assert existing.read_bytes() == b"keep me"
     _, description = load_model(saved)
     assert description["epochs_trained"] == 2
-    assert widget._plot.epochs == [1, 2]
-    assert np.isfinite(widget._plot.train_loss).all() and np.isfinite(widget._plot.score).all()
-    assert "Trained 2 epochs" in widget._summary.value
-    assert "validation F1" in widget._summary.value and str(saved) in widget._summary.value
-    assert widget._status.value == "Finished: all 2 epochs are done."
+    assert widget.plot.epochs == [1, 2]
+    assert np.isfinite(widget.plot.train_loss).all() and np.isfinite(widget.plot.score).all()
+    assert "Trained 2 epochs" in widget.summary
+    assert "validation F1" in widget.summary and str(saved) in widget.summary
+    assert widget.status == "Finished: all 2 epochs are done."
     # Two tiny epochs may not find any held-out nucleus yet: such a model waits for the user.
     zero = description["metrics"]["best_validation_score"] == 0
-    assert shown(widget._use_anyway) == zero
+    assert widget.can_use_anyway == zero
     if zero:
-        widget._use_anyway.native.click()
+        widget.use_model_anyway()
     assert SESSION.latest is not None and SESSION.latest.path == saved
     assert SESSION.latest.description["metrics"] == description["metrics"]
-    assert widget._progress.value == widget._progress.max
+    assert widget.progress[0] == widget.progress[1]
     preview = viewer.layers["nuclei preview"]
     assert preview.data.shape == nuclei[1].shape and preview.metadata["epoch"] == 2
-    assert widget._start.text == "Start training" and widget._start.enabled
+    assert widget.button_text == "Start training" and widget.can_start
 
 
 def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, nuclei, tmp_path):
@@ -194,17 +194,17 @@ def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, nuclei, tmp_path):
     widget = dock(viewer)
     make_tiny(widget, tmp_path / "stopped.unet", epochs=500)
     worker = start(widget)
-    assert widget._start.text == "Stop"
-    qtbot.waitUntil(lambda: len(widget._plot.epochs) >= 1, timeout=TRAINING_TIMEOUT_MS)
-    widget._start.native.click()
+    assert widget.button_text == "Stop"
+    qtbot.waitUntil(lambda: len(widget.plot.epochs) >= 1, timeout=TRAINING_TIMEOUT_MS)
+    widget.press_start()
     wait(qtbot, worker)
     _, description = load_model(tmp_path / "stopped.unet")
     assert description["stopped_by"] == "cancel"
-    assert widget._status.value == "Stopped by you."
+    assert widget.status == "Stopped by you."
     if description["metrics"]["best_validation_score"] == 0:
-        widget._use_anyway.native.click()  # held back until the user chooses it
+        widget.use_model_anyway()  # held back until the user chooses it
     assert SESSION.latest.description["stopped_by"] == "cancel"
-    assert "you stopped it" in widget._summary.value
+    assert "you stopped it" in widget.summary
 
 
 def test_painting_during_training_does_not_change_the_run(
@@ -229,8 +229,8 @@ def test_viewer_stays_responsive_while_training(make_napari_viewer, qtbot, nucle
     add_sample(viewer, nuclei)
     widget = dock(viewer)
     make_tiny(widget, tmp_path / "smooth.unet", epochs=3, steps=5)
-    widget._preview.value = True
-    widget._preview_every.value = 1
+    widget.fields["preview"].value = True
+    widget.fields["preview_every"].value = 1
     ticks = []
     timer = QTimer()
     timer.setInterval(10)
@@ -240,7 +240,7 @@ def test_viewer_stays_responsive_while_training(make_napari_viewer, qtbot, nucle
     ticks.append(time.perf_counter())
     wait(qtbot, worker)
     timer.stop()
-    assert len(widget._plot.epochs) == 3
+    assert len(widget.plot.epochs) == 3
     # The GUI thread kept serving timer events while training ran (how long its largest pause
     # is, is measured by benchmarks/gui_responsiveness.py, not asserted here).
     assert len(ticks) >= 3
@@ -252,7 +252,7 @@ def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot, nuclei, tm
     widget = dock(viewer)
     make_tiny(widget, tmp_path / "closed.unet", epochs=500)
     worker = start(widget)
-    qtbot.waitUntil(lambda: widget._progress.value > 0, timeout=TRAINING_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.progress[0] > 0, timeout=TRAINING_TIMEOUT_MS)
     # Listen before closing: closing may already deliver the worker's last signals.
     with qtbot.waitSignal(worker.finished, timeout=30_000):
         viewer.close()
@@ -271,11 +271,11 @@ def test_closing_the_panel_stops_training(make_napari_viewer, qtbot, nuclei, tmp
     widget = dock(viewer)
     make_tiny(widget, tmp_path / "panel.unet", epochs=500)
     worker = start(widget)
-    qtbot.waitUntil(lambda: widget._progress.value > 0, timeout=TRAINING_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.progress[0] > 0, timeout=TRAINING_TIMEOUT_MS)
     with qtbot.waitSignal(worker.finished, timeout=30_000):
         viewer.window.remove_dock_widget(widget.native)  # what the panel's close button does
     assert read_description(tmp_path / "panel.unet")["stopped_by"] == "cancel"
-    assert widget._status.value == "Stopped: the Train U-Net panel was closed."
+    assert widget.status == "Stopped: the Train U-Net panel was closed."
 
 
 def test_closed_panels_are_collected_without_crashing_napari(make_napari_viewer, qtbot, nuclei):
@@ -308,8 +308,8 @@ def test_stack_is_trained_slice_wise_and_previewed_where_you_look(
     widget = dock(viewer)
     make_tiny(widget, tmp_path / "stack.unet", epochs=1, steps=2)
     viewer.dims.set_current_step(0, 2)
-    widget._preview.value = True
-    widget._preview_every.value = 1
+    widget.fields["preview"].value = True
+    widget.fields["preview_every"].value = 1
     wait(qtbot, start(widget))
     preview = viewer.layers["stack preview"]
     assert preview.data.shape == labels.shape and preview.metadata["slice"] == (2,)
@@ -322,11 +322,11 @@ def test_settings_are_remembered(make_napari_viewer, nuclei):
     viewer = make_napari_viewer()
     add_sample(viewer, nuclei)
     first = dock(viewer)
-    first._settings.patch_size.value = 96
-    first._settings.size.value = "large"
-    first._mode.value = "classes"
+    first.settings_form.patch_size.value = 96
+    first.settings_form.size.value = "large"
+    first.fields["mode"].value = "classes"
     viewer.close()
     second = dock(make_napari_viewer())
-    assert second._settings.patch_size.value == 96
-    assert second._settings.size.value == "large"
-    assert second._mode.value == "classes"
+    assert second.settings_form.patch_size.value == 96
+    assert second.settings_form.size.value == "large"
+    assert second.fields["mode"].value == "classes"

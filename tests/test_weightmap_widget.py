@@ -14,9 +14,9 @@ def dock(viewer):
 
 
 def run_and_wait(qtbot, widget):
-    widget._run.native.click()
-    assert widget._runner.worker is not None
-    with qtbot.waitSignal(widget._runner.worker.finished, timeout=60_000):
+    widget.press_start()
+    assert widget.runner.worker is not None
+    with qtbot.waitSignal(widget.runner.worker.finished, timeout=60_000):
         pass
 
 
@@ -24,8 +24,8 @@ def test_without_labels_the_button_is_disabled_with_a_reason(make_napari_viewer)
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)))
     widget = dock(viewer)
-    assert not widget._run.enabled
-    assert "Labels layer" in widget._message.value
+    assert not widget.can_start
+    assert "Labels layer" in widget.message
 
 
 def test_widget_layer_equals_the_engine_function(make_napari_viewer, qtbot):
@@ -33,13 +33,13 @@ def test_widget_layer_equals_the_engine_function(make_napari_viewer, qtbot):
     _, labels = synthetic_nuclei(shape=(96, 96), seed=3)
     layer = viewer.add_labels(labels, name="cells", scale=(0.5, 0.5), translate=(3, 4))
     widget = dock(viewer)
-    widget._labels.value = layer
-    widget._show_target.value = True
-    assert widget._run.enabled
+    widget.fields["labels"].value = layer
+    widget.fields["show_target"].value = True
+    assert widget.can_start
     run_and_wait(qtbot, widget)
     result = viewer.layers["cells weights"]
     assert isinstance(result, Image)
-    assert widget._message.value == (
+    assert widget.message == (
         "Done: the weight map of 'cells' is the layer 'cells weights' (bright = heavy)."
     )
     expected, target = weights_and_target(labels, settings=PRESETS[DEFAULT_PRESET])
@@ -48,8 +48,8 @@ def test_widget_layer_equals_the_engine_function(make_napari_viewer, qtbot):
     assert tuple(result.scale) == (0.5, 0.5) and tuple(result.translate) == (3, 4)
     np.testing.assert_array_equal(layer.data, labels)  # the user's layer is untouched
     # A second run replaces our own weights layer instead of piling up copies.
-    widget._preset.value = "falk2019"
-    assert widget._w0.value == PRESETS["falk2019"].w0
+    widget.fields["preset"].value = "falk2019"
+    assert widget.fields["w0"].value == PRESETS["falk2019"].w0
     run_and_wait(qtbot, widget)
     falk, _ = weights_and_target(labels, settings=PRESETS["falk2019"])
     np.testing.assert_array_equal(viewer.layers["cells weights"].data, falk)
@@ -71,9 +71,9 @@ def test_stack_is_computed_slice_wise(make_napari_viewer, qtbot):
 def test_settings_are_remembered(make_napari_viewer):
     viewer = make_napari_viewer()
     first = dock(viewer)
-    first._sigma.value = 7.5
-    assert first._preset.value == "custom"
+    first.fields["sigma"].value = 7.5
+    assert first.fields["preset"].value == "custom"
     viewer.close()
     second = dock(make_napari_viewer())
-    assert second._sigma.value == 7.5
-    assert second._preset.value == "custom"
+    assert second.fields["sigma"].value == 7.5
+    assert second.fields["preset"].value == "custom"

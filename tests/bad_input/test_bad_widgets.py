@@ -56,7 +56,7 @@ def files(folder) -> list[str]:
 
 
 def tiny_settings(widget, path) -> None:
-    settings = widget._settings
+    settings = widget.settings_form
     settings.show_advanced.value = True
     settings.size.value = "small"
     settings.depth.value = 2
@@ -71,8 +71,8 @@ def tiny_settings(widget, path) -> None:
 
 
 def train_and_wait(qtbot, widget) -> None:
-    assert widget._start.enabled, widget._message.value
-    widget._start.native.click()
+    assert widget.can_start, widget.message
+    widget.press_start()
     assert widget.runner.running
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
 
@@ -86,29 +86,29 @@ def test_train_widget_explains_unusable_inputs(make_napari_viewer, tmp_path, mon
     mask = viewer.add_image(image > 50, name="mask")
     layer = viewer.add_labels(labels, name="cells")
     widget = dock(viewer, "Train U-Net")
-    row = widget._pairs.rows[0]
+    row = widget.pairs.rows[0]
     tiny_settings(widget, tmp_path / "models" / "m.unet")
     row.image.value, row.labels_choice.value = mask, layer
-    assert not widget._start.enabled
-    assert "'mask': The image is boolean (a mask)" in widget._message.value
+    assert not widget.can_start
+    assert "'mask': The image is boolean (a mask)" in widget.message
 
     row.image.value = viewer.add_image(image, name="cells image")
-    assert widget._start.enabled, widget._message.value
+    assert widget.can_start, widget.message
     layer.data = np.where(labels > 0, labels, -1)  # painted with a negative label
-    assert not widget._start.enabled
-    assert "The labels hold negative values; use 0 (background)" in widget._message.value
+    assert not widget.can_start
+    assert "The labels hold negative values; use 0 (background)" in widget.message
     layer.data = labels
-    assert widget._start.enabled
+    assert widget.can_start
 
     monkeypatch.setattr(checks.os, "access", lambda *args: False)  # as in a locked folder
-    widget._settings.path.value = tmp_path / "locked" / "m.unet"
-    assert not widget._start.enabled and "the folder is not writable" in widget._message.value
+    widget.settings_form.path.value = tmp_path / "locked" / "m.unet"
+    assert not widget.can_start and "the folder is not writable" in widget.message
     monkeypatch.undo()
-    widget._settings.path.value = tmp_path / "models" / "m.unet"
-    assert widget._start.enabled
+    widget.settings_form.path.value = tmp_path / "models" / "m.unet"
+    assert widget.can_start
 
     # Budgets that allow no training cannot even be entered.
-    settings = widget._settings
+    settings = widget.settings_form
     for field, value in ((settings.epochs, 0), (settings.minutes, 0.0), (settings.val_fraction, 1)):
         with pytest.raises(ValueError):
             field.value = value
@@ -128,14 +128,14 @@ def test_train_widget_reports_failures_and_recovers(
     }
     layer = viewer.add_labels(labels, name="cells")
     widget = dock(viewer, "Train U-Net")
-    row = widget._pairs.rows[0]
+    row = widget.pairs.rows[0]
     tiny_settings(widget, tmp_path / "models" / "m.unet")
     for name, (data, message) in cases.items():
         row.image.value = viewer.add_image(data, name=name)
         row.labels_choice.value = layer
         train_and_wait(qtbot, widget)
-        assert widget._status.value.startswith(message) and _quiet[-1].startswith(message)
-        assert widget._start.enabled and widget._start.text == "Start training"
+        assert widget.status.startswith(message) and _quiet[-1].startswith(message)
+        assert widget.can_start and widget.button_text == "Start training"
     assert files(tmp_path / "models") == []
 
     # The disk fills up while the model is being saved: a clear message, no stray file.
@@ -147,8 +147,8 @@ def test_train_widget_reports_failures_and_recovers(
     row.image.value = viewer.add_image(image, name="good")
     train_and_wait(qtbot, widget)
     monkeypatch.undo()
-    assert widget._status.value.startswith("Training failed: No space left on the disk")
-    assert "[Errno" not in widget._status.value and "No space left" in _quiet[-1]
+    assert widget.status.startswith("Training failed: No space left on the disk")
+    assert "[Errno" not in widget.status and "No space left" in _quiet[-1]
     assert files(tmp_path / "models") == []  # no model, no temporary file
     np.testing.assert_array_equal(layer.data, labels)  # the user's layer is untouched
 
@@ -172,15 +172,15 @@ def test_stop_during_data_preparation_saves_nothing(
     viewer.add_labels(labels, name="stack labels")
     widget = dock(viewer, "Train U-Net")
     tiny_settings(widget, tmp_path / "models" / "m.unet")
-    widget._start.native.click()
+    widget.press_start()
     qtbot.waitUntil(entered.is_set, timeout=TIMEOUT_MS)
-    widget._start.native.click()  # Stop, while the first slice is being prepared
-    assert widget._start.text == "Stopping…" and not widget._start.enabled
+    widget.press_start()  # Stop, while the first slice is being prepared
+    assert widget.button_text == "Stopping…" and not widget.can_start
     release.set()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
-    assert widget._status.value == "Stopped before training began: no model was saved."
+    assert widget.status == "Stopped before training began: no model was saved."
     assert files(tmp_path / "models") == []
-    assert widget._start.enabled and widget._start.text == "Start training"
+    assert widget.can_start and widget.button_text == "Start training"
 
 
 def test_stop_after_preparation_before_the_first_step_saves_nothing(
@@ -202,12 +202,12 @@ def test_stop_after_preparation_before_the_first_step_saves_nothing(
     viewer.add_labels(labels, name="cells labels")
     widget = dock(viewer, "Train U-Net")
     tiny_settings(widget, tmp_path / "models" / "m.unet")
-    widget._start.native.click()
+    widget.press_start()
     qtbot.waitUntil(entered.is_set, timeout=TIMEOUT_MS)  # data prepared, model built
-    widget._start.native.click()  # Stop
+    widget.press_start()  # Stop
     release.set()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
-    assert widget._status.value == "Stopped before training began: no model was saved."
+    assert widget.status == "Stopped before training began: no model was saved."
     assert files(tmp_path / "models") == []
 
 
@@ -218,10 +218,10 @@ def test_tiny_image_with_a_single_cell_trains_and_previews(make_napari_viewer, q
     viewer.add_labels((labels == 1).astype(np.int32), name="tiny labels")
     widget = dock(viewer, "Train U-Net")
     tiny_settings(widget, tmp_path / "models" / "tiny.unet")
-    widget._preview.value = True
-    widget._preview_every.value = 1
+    widget.fields["preview"].value = True
+    widget.fields["preview_every"].value = 1
     train_and_wait(qtbot, widget)
-    assert "Trained 1 epoch" in widget._summary.value, widget._status.value
+    assert "Trained 1 epoch" in widget.summary, widget.status
     assert files(tmp_path / "models") == ["tiny.unet"]
     assert viewer.layers["tiny preview"].data.shape == (5, 7)
 
@@ -241,37 +241,39 @@ def test_predict_widget_explains_bad_models_and_images(make_napari_viewer, tmp_p
     for name, (writer, fragment) in BAD_MODEL_FILES.items():
         path = tmp_path / f"{name.replace(' ', '_')}.unet"
         writer(path, marker)
-        widget._chooser.file.value = path
-        assert not widget._run.enabled, name
-        assert f"{path.name} is not a napari-unetkit model file" in widget._message.value
-        assert fragment in widget._message.value
+        widget.fields["model_file"].value = path
+        assert not widget.can_start, name
+        assert f"{path.name} is not a napari-unetkit model file" in widget.message
+        assert fragment in widget.message
     assert not marker.exists()  # no code from a model file ever ran
 
-    widget._chooser.file.value = models["rgb"]
-    widget._image.value = grey
-    assert not widget._run.enabled
-    assert "The model expects 3 channels (RGB) but 'grey' has 1 channel" in widget._message.value
-    widget._chooser.file.value = models["grey"]
-    assert widget._run.enabled, widget._message.value
-    widget._image.value = viewer.add_image(np.zeros((16, 16), bool), name="mask")
-    assert not widget._run.enabled and "'mask': The image is boolean" in widget._message.value
+    widget.fields["model_file"].value = models["rgb"]
+    widget.fields["image"].value = grey
+    assert not widget.can_start
+    assert "The model expects 3 channels (RGB) but 'grey' has 1 channel" in widget.message
+    widget.fields["model_file"].value = models["grey"]
+    assert widget.can_start, widget.message
+    widget.fields["image"].value = viewer.add_image(np.zeros((16, 16), bool), name="mask")
+    assert not widget.can_start and "'mask': The image is boolean" in widget.message
     assert predictions(viewer) == []
 
 
 def test_predict_widget_handles_odd_images(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()
     widget = dock(viewer, "Predict with U-Net")
-    widget._chooser.file.value = models["grey"]
+    widget.fields["model_file"].value = models["grey"]
     shapes = {"5x7": (5, 7), "4x4000": (4, 4000), "4D": (2, 2, 16, 24), "5D": (1, 2, 2, 8, 8)}
     for name, shape in shapes.items():
         image = cells(shape)[0]
         layer = viewer.add_image(image, name=name)
-        widget._image.value = layer
-        widget._tile_size.value = 4096 if name == "5x7" else 0  # a tile larger than the image
-        assert widget._run.enabled, widget._message.value
-        widget._run.native.click()
-        qtbot.waitUntil(lambda: not widget._runner.running, timeout=TIMEOUT_MS)
-        assert widget._message.value.startswith("Predicted"), widget._message.value
+        widget.fields["image"].value = layer
+        widget.fields["tile_size"].value = (
+            4096 if name == "5x7" else 0
+        )  # a tile larger than the image
+        assert widget.can_start, widget.message
+        widget.press_start()
+        qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
+        assert widget.message.startswith("Predicted"), widget.message
         assert viewer.layers[f"{name} prediction"].data.shape == shape
         np.testing.assert_array_equal(layer.data, image)  # never modified
 
@@ -295,9 +297,9 @@ def test_closing_the_viewer_while_predicting_stops_the_job(
     viewer = make_napari_viewer()
     viewer.add_image(cells((6, 32, 32))[0], name="stack")
     widget = dock(viewer, "Predict with U-Net")
-    widget._chooser.file.value = models["grey"]
-    runner = widget._runner
-    widget._run.native.click()
+    widget.fields["model_file"].value = models["grey"]
+    runner = widget.runner
+    widget.press_start()
     qtbot.waitUntil(entered.is_set, timeout=TIMEOUT_MS)
     viewer.close()
     release.set()
@@ -314,27 +316,27 @@ def test_weightmap_widget_explains_and_reports(make_napari_viewer, qtbot, monkey
     _, labels = cells((32, 40))
     layer = viewer.add_labels(np.where(labels > 0, labels, -1), name="cells")
     widget = dock(viewer, "Boundary weight map")
-    widget._labels.value = layer
-    assert not widget._run.enabled
-    assert "The labels hold negative values; use 0 (background)" in widget._message.value
+    widget.fields["labels"].value = layer
+    assert not widget.can_start
+    assert "The labels hold negative values; use 0 (background)" in widget.message
 
     empty = viewer.add_labels(np.zeros((16, 16), np.int32), name="empty")
-    widget._labels.value = empty
-    assert widget._run.enabled and "'empty' is empty: paint some cells" in widget._message.value
-    widget._run.native.click()
-    qtbot.waitUntil(lambda: not widget._runner.running, timeout=TIMEOUT_MS)
+    widget.fields["labels"].value = empty
+    assert widget.can_start and "'empty' is empty: paint some cells" in widget.message
+    widget.press_start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
     assert "empty weights" in viewer.layers
-    assert "'empty' is empty" in widget._message.value  # the remark stays after the run
+    assert "'empty' is empty" in widget.message  # the remark stays after the run
 
     def fail(*args, **kwargs):
         raise ValueError("The labels cannot be read.")
 
     monkeypatch.setattr(weightmap_widget, "weights_and_target", fail)
-    widget._run.native.click()
-    qtbot.waitUntil(lambda: not widget._runner.running, timeout=TIMEOUT_MS)
-    assert widget._message.value == "Weight map failed: The labels cannot be read."
+    widget.press_start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
+    assert widget.message == "Weight map failed: The labels cannot be read."
     assert _quiet == ["Weight map failed: The labels cannot be read."]
-    assert widget._run.enabled and widget._run.text == "Compute weight map"
+    assert widget.can_start and widget.button_text == "Compute weight map"
 
 
 def test_closing_the_viewer_while_computing_weights_stops_the_job(
@@ -354,8 +356,8 @@ def test_closing_the_viewer_while_computing_weights_stops_the_job(
     viewer = make_napari_viewer()
     viewer.add_labels(cells((5, 32, 32))[1], name="stack")
     widget = dock(viewer, "Boundary weight map")
-    runner = widget._runner
-    widget._run.native.click()
+    runner = widget.runner
+    widget.press_start()
     qtbot.waitUntil(entered.is_set, timeout=TIMEOUT_MS)
     viewer.close()
     release.set()

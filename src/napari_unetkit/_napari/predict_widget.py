@@ -43,10 +43,16 @@ from napari_unetkit._napari.layers import (
     placement,
     unique_name,
 )
-from napari_unetkit._napari.model_chooser import SESSION_SOURCE, ChosenModel, ModelChooser
+from napari_unetkit._napari.model_chooser import (
+    SESSION_SOURCE,
+    ChosenModel,
+    ModelChooser,
+    RecentModels,
+)
 from napari_unetkit._napari.predict_bigdata import EVENT, BigDataOptions
 from napari_unetkit._napari.problems import FieldMarks
 from napari_unetkit._napari.settings import remember
+from napari_unetkit._napari.surface import PanelSurface
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
 from napari_unetkit.checks import Problem, predict_problems
 from napari_unetkit.device import available_devices, describe_device
@@ -254,8 +260,12 @@ def summary(result: PredictionResult, context: RunContext) -> str:
 # ------------------------------------------------------------------------------ the widget
 
 
-class PredictWidget(Container):
+class PredictWidget(PanelSurface, Container):
     """Predict instance or semantic labels of an Image layer with a trained U-Net.
+
+    Its public surface is :class:`~napari_unetkit._napari.surface.PanelSurface` (inputs,
+    problems, start / stop / wait) plus :attr:`model`, :attr:`settings`, :attr:`about`,
+    :attr:`loading`, :attr:`progress`, :attr:`bigdata`, :attr:`export` and :attr:`recent`.
 
     Parameters
     ----------
@@ -379,6 +389,7 @@ class PredictWidget(Container):
         self._message.native.setSizePolicy(wide, QSizePolicy.Policy.Preferred)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._run = PushButton(text=RUN_TEXT)
+        self._button = self._run
         self._bigdata = BigDataOptions(self._viewer)  # zarr output, Folder mode
         self.extend(
             [
@@ -551,11 +562,64 @@ class PredictWidget(Container):
 
     def _run_or_cancel(self, *_: object) -> None:
         if self._runner.running:
+            self.stop()
+            return
+        self.start()
+
+    def stop(self) -> None:
+        """Cancel the running prediction (no layer is added)."""
+        if self._runner.running:
             self._cancelled = True
             self._runner.cancel()
             self._message.value = "Cancelling..."
-            return
-        self.start()
+
+    # -- public surface (see PanelSurface for the shared part) -----------------------------
+    def _input_fields(self) -> dict:
+        return {
+            "source": self._chooser.source,
+            "model_file": self._chooser.file,
+            "image": self._image,
+            "output": self._output,
+            "own_instance_settings": self._own_settings,
+            "threshold": self._threshold,
+            "min_size": self._min_size,
+            "link_3d": self._link_3d,
+            "probabilities": self._probabilities,
+            "tta": self._tta,
+            "tile_size": self._tile_size,
+            "device": self._device,
+            "current_slice": self._current_slice,
+        }
+
+    @property
+    def about(self) -> str:
+        """The description of the chosen model ("" when there is none)."""
+        return str(self._chooser.about.value)
+
+    @property
+    def loading(self) -> bool:
+        """Whether a large model file is being loaded in the background."""
+        return self._chooser.loader.running
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """The progress bar: ``(value, maximum)``."""
+        return int(self._progress.value), int(self._progress.max)
+
+    @property
+    def bigdata(self) -> BigDataOptions:
+        """The zarr-output and Folder-mode options."""
+        return self._bigdata
+
+    @property
+    def export(self) -> ExportAction:
+        """The "Export to bioimage.io..." action (its ``button`` and ``runner``)."""
+        return self._export
+
+    @property
+    def recent(self) -> RecentModels:
+        """The "Recent models" list."""
+        return self._chooser.recent
 
     def start(self) -> GeneratorWorker | None:
         """Predict the chosen image in a worker and return the worker (``None`` if invalid)."""

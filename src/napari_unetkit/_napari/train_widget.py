@@ -41,6 +41,7 @@ from napari_unetkit._napari.loss_plot import LossPlot
 from napari_unetkit._napari.problems import FieldMarks
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.settings import remember
+from napari_unetkit._napari.surface import PanelSurface
 from napari_unetkit._napari.torch_guard import prepare_torch_for_napari
 from napari_unetkit._napari.train_inputs import PairList
 from napari_unetkit._napari.train_job import EpochEnd, Preview, PreviewRequest, training_job
@@ -306,8 +307,13 @@ class _VerticalScrollArea(QScrollArea):
         return super().eventFilter(watched, event)
 
 
-class TrainWidget(Container):
+class TrainWidget(PanelSurface, Container):
     """Train a U-Net on annotated layers, watch it learn, and keep the best model.
+
+    Its public surface is :class:`~napari_unetkit._napari.surface.PanelSurface` (inputs,
+    problems, start / stop / wait) plus :attr:`pairs`, :attr:`settings_form`, :attr:`status`,
+    :attr:`summary`, :attr:`progress`, :attr:`plot`, :attr:`score_note`,
+    :attr:`can_use_anyway` and :meth:`use_model_anyway`.
 
     Parameters
     ----------
@@ -361,6 +367,7 @@ class TrainWidget(Container):
         self._preview_every.tooltip = "Preview after every N-th epoch (each costs a prediction)."
         self._message = _wrapping_label()
         self._start = PushButton(text=START_TEXT)
+        self._button = self._start
         self._progress = ProgressBar(min=0, max=PROGRESS_STEPS, value=0)
         self._status = _wrapping_label(lines=3)
         theme = get_theme(self._viewer.theme)
@@ -715,7 +722,50 @@ class TrainWidget(Container):
         self._set_running(False)
         self._validate()
 
+    # -- public surface (see PanelSurface for the shared part) -----------------------------
+    def _input_fields(self) -> dict:
+        return self._remembered_fields()  # every input is remembered across sessions
+
     @property
-    def runner(self) -> JobRunner:
-        """The job runner (its ``worker`` is the running training, if any)."""
-        return self._runner
+    def settings_form(self) -> TrainSettings:
+        """The settings form (its fields are public attributes; see :class:`TrainSettings`)."""
+        return self._settings
+
+    @property
+    def pairs(self) -> PairList:
+        """The training pairs: ``rows`` (each with ``image``, ``labels_choice``, ``region``)."""
+        return self._pairs
+
+    @property
+    def status(self) -> str:
+        """The status line under the progress bar."""
+        return str(self._status.value)
+
+    @property
+    def summary(self) -> str:
+        """The summary of the last finished run ("" before any)."""
+        return str(self._summary.value)
+
+    @property
+    def score_note(self) -> str:
+        """The note explaining the validation score of the chosen mode."""
+        return str(self._score_note.value)
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """The progress bar: ``(value, maximum)``."""
+        return int(self._progress.value), int(self._progress.max)
+
+    @property
+    def plot(self) -> LossPlot:
+        """The live plot (its ``epochs``, ``train_loss``, ``score`` are the plotted values)."""
+        return self._plot
+
+    @property
+    def can_use_anyway(self) -> bool:
+        """Whether a model held back for its validation score of 0 may be handed over."""
+        return self._use_anyway.visible and self._unused_result is not None
+
+    def use_model_anyway(self) -> None:
+        """Press "Use this model for prediction anyway" (hand the held-back model over)."""
+        self._use_anyway.native.click()

@@ -27,9 +27,11 @@ from napari_unetkit._napari.layers import (
 )
 from napari_unetkit._napari.problems import FieldMarks
 from napari_unetkit._napari.settings import remember
+from napari_unetkit._napari.surface import PanelSurface
 from napari_unetkit._napari.train_inputs import MAX_SCANNED_PIXELS
 from napari_unetkit.checks import Problem, weightmap_problems
 from napari_unetkit.weightmap import (
+    BORDER_ON,
     CLASS_BALANCES,
     DEFAULT_PRESET,
     PRESETS,
@@ -57,8 +59,11 @@ def compute_weight_map_job(labels: np.ndarray, settings: WeightMapSettings):
     return job
 
 
-class WeightMapWidget(Container):
+class WeightMapWidget(PanelSurface, Container):
     """Compute the U-Net boundary weight map of a Labels layer and show it as an Image layer.
+
+    Its public surface is :class:`~napari_unetkit._napari.surface.PanelSurface` (inputs,
+    problems, start / stop / wait) plus :attr:`settings`.
 
     Parameters
     ----------
@@ -118,7 +123,7 @@ class WeightMapWidget(Container):
         )
         self._border_on = ComboBox(
             label="Gap weight on",
-            choices=("background", "all"),
+            choices=BORDER_ON,
             value="background",
             tooltip="background: only background pixels get the gap weight (paper); all: every "
             "pixel.",
@@ -130,6 +135,7 @@ class WeightMapWidget(Container):
         )
         self._message = Label(value="")
         self._run = PushButton(text="Compute weight map")
+        self._button = self._run
         self.extend(
             [
                 self._labels,
@@ -243,9 +249,25 @@ class WeightMapWidget(Container):
     # -- running ------------------------------------------------------------------------------
     def _run_or_cancel(self, *_: object) -> None:
         if self._runner.running:
-            self._runner.cancel()
+            self.stop()
             return
         self.start()
+
+    def stop(self) -> None:
+        """Cancel the running computation (no layer is added)."""
+        self._runner.cancel()
+
+    def _input_fields(self) -> dict:
+        return {
+            "labels": self._labels,
+            "preset": self._preset,
+            "w0": self._w0,
+            "sigma": self._sigma,
+            "class_balance": self._balance,
+            "separate": self._separate,
+            "border_on": self._border_on,
+            "show_target": self._show_target,
+        }
 
     def start(self):
         """Compute the weight map of the chosen layer in a worker; return the worker."""
