@@ -38,6 +38,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 
@@ -53,6 +54,116 @@ FORMAT = "napari-unetkit-model"
 FORMAT_VERSION = 1
 #: The model file extension (:data:`napari_unetkit.checks.MODEL_SUFFIX`).
 SUFFIX = MODEL_SUFFIX
+
+
+class ChannelChoice(TypedDict):
+    """The channels a model reads: indices ``used`` into images of ``of`` channels."""
+
+    used: list[int]
+    of: int
+
+
+class ModelMetrics(TypedDict, total=False):
+    """Validation scores of the saved (best) epoch."""
+
+    best_validation_score: float | None
+    best_validation_metric: str | None
+    best_epoch: int | None
+    val_loss: float | None
+    val_f1: float | None
+    val_iou: float | None
+    val_objects: int | None
+
+
+class TrainingDataSummary(TypedDict, total=False):
+    """What the model was trained on (counts and sizes; no pixel data)."""
+
+    n_slices: int
+    n_training_slices: int
+    n_validation_slices: int
+    annotated_pixels: int
+    class_pixels: list[int]
+    slice_shape_min: list[int] | None
+    slice_shape_max: list[int] | None
+    pairs: list[dict[str, Any]]
+
+
+class ModelDescription(TypedDict, total=False):
+    """The description stored (as JSON) in a model file: every key a model file may hold.
+
+    A ``TypedDict``, so that the description stays the plain JSON object it is on disk (files
+    written by every earlier version keep loading); keys are optional because older files
+    lack some (``"instances"``, ``"calibration"``, ``"channels"``, ``"data_name"`` ...), and
+    readers fall back to documented defaults (e.g.
+    :func:`napari_unetkit.prediction.instance_settings_of`).
+
+    Keys
+    ----
+    architecture : dict
+        :meth:`napari_unetkit.model.UNetConfig.to_dict` (always present once loaded).
+    mode : {"instances", "classes"}
+        What the labels meant.
+    n_classes, in_channels : int
+        Network outputs and inputs.
+    class_names : list of str
+        One name per class.
+    channel_axis : int or None
+        The training images' channel axis.
+    channels : ChannelChoice or None
+        The channels read, of how many (``None``: all).
+    normalization : dict
+        :meth:`napari_unetkit.normalization.NormalizationSettings.to_dict`.
+    weightmap : dict or None
+        :meth:`napari_unetkit.weightmap.WeightMapSettings.to_dict` (instances mode).
+    instances : dict or None
+        :meth:`napari_unetkit.postprocess.InstanceSettings.to_dict` (instances mode).
+    calibration : dict or None
+        Validation scores of the instance settings tried after training.
+    training : dict
+        :meth:`napari_unetkit.training.TrainConfig.to_dict`.
+    history : list of dict
+        One entry per epoch (losses, scores, learning rate, time).
+    epochs_trained : int
+        ``len(history)``.
+    metrics : ModelMetrics
+        Scores of the saved epoch.
+    data : TrainingDataSummary
+        The training data in numbers.
+    data_shapes : list of list of int
+        Shape of every training image.
+    device, stopped_by : str
+        Where it trained, and why training ended.
+    steps_run : int
+        Optimiser steps.
+    notes : list of str
+        Remarks made while training (e.g. an empty channel).
+    package_version, created : str
+        The napari-unetkit version and the time (ISO 8601, UTC) of writing.
+    """
+
+    architecture: dict[str, Any]
+    mode: str
+    n_classes: int
+    in_channels: int
+    class_names: list[str]
+    channel_axis: int | None
+    channels: ChannelChoice | None
+    normalization: dict[str, Any]
+    weightmap: dict[str, Any] | None
+    instances: dict[str, Any] | None
+    calibration: dict[str, Any] | None
+    training: dict[str, Any]
+    history: list[dict[str, Any]]
+    epochs_trained: int
+    metrics: ModelMetrics
+    data: TrainingDataSummary
+    data_shapes: list[list[int]]
+    device: str
+    stopped_by: str
+    steps_run: int
+    notes: list[str]
+    package_version: str
+    created: str
 
 
 class ModelFileError(ValueError):
@@ -225,7 +336,7 @@ def _json_default(value: object) -> object:
 def save_model(
     path: str | os.PathLike,
     model: UNet,
-    description: Mapping | None = None,
+    description: ModelDescription | Mapping | None = None,
     *,
     overwrite: bool = True,
 ) -> Path:
@@ -293,7 +404,7 @@ def _is_package(path: Path) -> bool:
     return is_package(path)
 
 
-def _read_payload(path: Path) -> tuple[dict, dict, UNetConfig]:
+def _read_payload(path: Path) -> tuple[ModelDescription, dict, UNetConfig]:
     """Load and validate a model file: format, description, architecture, weight shapes.
 
     bioimage.io packages exported by napari-unetkit (zip files with an ``rdf.yaml``) are read
@@ -411,7 +522,7 @@ def _check_weight_values(path: Path, state: dict, reference: dict) -> None:
             )
 
 
-def read_description(path: str | os.PathLike) -> dict:
+def read_description(path: str | os.PathLike) -> ModelDescription:
     """Read and validate a model file's description without building the network.
 
     Parameters
@@ -421,7 +532,7 @@ def read_description(path: str | os.PathLike) -> dict:
 
     Returns
     -------
-    dict
+    ModelDescription
         The description (``"architecture"`` is a valid :class:`UNetConfig` dictionary).
 
     Raises
@@ -435,7 +546,9 @@ def read_description(path: str | os.PathLike) -> dict:
     return description
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[UNet, ModelDescription]:
     """Load a model file safely (no code from the file is ever executed).
 
     Parameters
@@ -449,7 +562,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     -------
     model : UNet
         The network in eval mode on ``device``.
-    description : dict
+    description : ModelDescription
         The model's description.
 
     Raises

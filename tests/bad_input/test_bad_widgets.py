@@ -250,7 +250,7 @@ def test_predict_widget_explains_bad_models_and_images(make_napari_viewer, tmp_p
     widget.fields["model_file"].value = models["rgb"]
     widget.fields["image"].value = grey
     assert not widget.can_start
-    assert "The model expects 3 channels (RGB) but 'grey' has 1 channel" in widget.message
+    assert "reads images of 3 channels (RGB), but the image (shape (32, 32)) has 1 channel" in widget.message
     widget.fields["model_file"].value = models["grey"]
     assert widget.can_start, widget.message
     widget.fields["image"].value = viewer.add_image(np.zeros((16, 16), bool), name="mask")

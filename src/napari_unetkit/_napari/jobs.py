@@ -1,7 +1,10 @@
 """Run engine jobs in napari thread workers, with progress, cancel and readable errors.
 
 An engine job is a function ``job(emit, cancel) -> result``: it reports progress by calling
-``emit(event)`` and stops early when the ``threading.Event`` ``cancel`` is set. :class:`JobRunner`
+``emit(event)`` with typed events (:class:`napari_unetkit.progress.JobStarted`,
+:class:`~napari_unetkit.progress.SliceProgress`, :class:`~napari_unetkit.progress.Step`,
+:class:`napari_unetkit.training.TrainProgress` and the training job's own dataclasses; never
+tagged tuples) and stops early when the ``threading.Event`` ``cancel`` is set. :class:`JobRunner`
 runs it off the GUI thread inside a napari generator worker, shows a progress bar in napari's
 activity dock, hands each event to the widget in the GUI thread, and turns exceptions into
 notifications with a clear sentence.

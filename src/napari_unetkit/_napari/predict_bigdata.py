@@ -31,13 +31,12 @@ from napari_unetkit import batch, layout
 from napari_unetkit._napari.layers import METADATA_KEY, image_data, placement, unique_name
 from napari_unetkit.device import describe_device
 from napari_unetkit.prediction import Predictor
+from napari_unetkit.progress import JobStarted, Step
 
 #: A result larger than this fraction of the available memory goes to a zarr store.
 COMFORTABLE_FRACTION = 0.25
 LAYER_MODE = "layer"
 FOLDER_MODE = "folder"
-#: Event tag of this module's progress events (``("bigdata", text, done, total)``).
-EVENT = "bigdata"
 
 
 def available_memory() -> int:
@@ -210,7 +209,7 @@ class BigDataOptions(Container):
 
         def job(emit, cancel):
             predictor = _predictor(chosen, settings)
-            emit(("start", describe_device(predictor.device), 1))
+            emit(JobStarted(describe_device(predictor.device)))
             if folder_mode:
                 return _predict_folder(
                     predictor, input_folder, out_folder, fmt, settings, emit, cancel
@@ -218,7 +217,7 @@ class BigDataOptions(Container):
             from napari_unetkit.chunked import predict_to_zarr
 
             def progress(done: float, total: int) -> None:
-                emit((EVENT, f"Part {min(int(done) + 1, total)} of {total}", done, total))
+                emit(Step(done, total, f"Part {min(int(done) + 1, total)} of {total}"))
 
             result = predict_to_zarr(
                 predictor,
@@ -320,19 +319,13 @@ def _predict_folder(predictor, input_folder, out_folder, fmt, settings, emit, ca
 
     def on_file(number: int, total: int, image: Path) -> None:
         state.update(number=number, name=image.name)
-        emit((EVENT, f"File {number} of {total}: {image.name}", number - 1, total))
+        emit(Step(number - 1, total, f"File {number} of {total}: {image.name}"))
 
     def progress(done: float, total: int) -> None:
         fraction = done / total if total else 0.0
         count = len(images)
-        emit(
-            (
-                EVENT,
-                f"File {state['number']} of {count}: {state['name']}",
-                state["number"] - 1 + fraction,
-                count,
-            )
-        )
+        text = f"File {state['number']} of {count}: {state['name']}"
+        emit(Step(state["number"] - 1 + fraction, count, text))
 
     def predict_one(image: Path, out: Path) -> None:
         batch.predict_file(

@@ -49,7 +49,7 @@ from napari_unetkit._napari.model_chooser import (
     ModelChooser,
     RecentModels,
 )
-from napari_unetkit._napari.predict_bigdata import EVENT, BigDataOptions
+from napari_unetkit._napari.predict_bigdata import BigDataOptions
 from napari_unetkit._napari.problems import FieldMarks
 from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.surface import PanelSurface
@@ -58,6 +58,7 @@ from napari_unetkit.checks import Problem, predict_problems
 from napari_unetkit.device import available_devices, describe_device
 from napari_unetkit.modelfile import describe_model
 from napari_unetkit.prediction import PredictionResult, Predictor
+from napari_unetkit.progress import JobStarted, SliceProgress, Step
 from napari_unetkit.tiling import MAX_AUTO_TILE_CPU
 
 RUN_TEXT = "Run"
@@ -155,9 +156,9 @@ def prediction_job(
 ) -> Job:
     """Return a job that predicts ``image`` with ``chosen`` (for :class:`JobRunner`).
 
-    The job first emits ``("start", device description, tiles per slice)``, then
-    ``("progress", done_slices, total_slices)`` after every tile batch; it returns the
-    :class:`PredictionResult`. The image is read slice by slice (dask stays lazy).
+    The job first emits a :class:`~napari_unetkit.progress.JobStarted` (device, tiles per
+    slice), then a :class:`~napari_unetkit.progress.SliceProgress` after every tile batch; it
+    returns the :class:`PredictionResult`. The image is read slice by slice (dask stays lazy).
     """
 
     def job(emit, cancel) -> PredictionResult:
@@ -172,7 +173,9 @@ def prediction_job(
             tta=settings.tta,
         )
         yx = layout.slice_shape(tuple(image.shape), channel_axis)
-        emit(("start", describe_device(predictor.device), tiles_per_slice(yx, predictor.tile_size)))
+        emit(
+            JobStarted(describe_device(predictor.device), tiles_per_slice(yx, predictor.tile_size))
+        )
         return predictor.predict(
             image,
             channel_axis,
@@ -182,7 +185,7 @@ def prediction_job(
             link_3d=settings.link_3d,
             return_probabilities=settings.probabilities,
             slices=settings.slices,
-            progress=lambda done, total: emit(("progress", done, total)),
+            progress=lambda done, total: emit(SliceProgress(done, total)),
             cancel=cancel,
         )
 
@@ -647,20 +650,20 @@ class PredictWidget(PanelSurface, Container):
             on_finished=self._finished,
         )
 
-    def _on_event(self, event: tuple) -> tuple[int, int] | None:
+    def _on_event(self, event: JobStarted | SliceProgress | Step) -> tuple[int, int] | None:
         """Show progress in tiles; return ``(done, total)`` for the activity dock."""
         context = self._context
         if context is None or not self._alive:
             return None
-        if event[0] == "start":
-            _, context.device, context.tiles_per_slice = event
+        if isinstance(event, JobStarted):
+            context.device, context.tiles_per_slice = event.device, event.tiles_per_slice
             return None
-        if event[0] == EVENT:  # a zarr store or folder job: ("bigdata", text, done, total)
-            _, text, done, total = event
+        if isinstance(event, Step):  # a zarr store or folder job
+            done, total = event.done, event.total
             self._progress.max, self._progress.value = 100 * total, round(100 * done)
-            self._message.value = text if not self._cancelled else self._message.value
+            self._message.value = event.text if not self._cancelled else self._message.value
             return round(100 * done), 100 * total
-        _, done, total = event
+        done, total = event.done, event.total
         per_slice = context.tiles_per_slice
         done_tiles, total_tiles = round(done * per_slice), total * per_slice
         self._progress.max = max(total_tiles, 1)

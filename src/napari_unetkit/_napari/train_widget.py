@@ -764,7 +764,7 @@ class TrainWidget(PanelSurface, Container):
     @property
     def can_use_anyway(self) -> bool:
         """Whether a model held back for its validation score of 0 may be handed over."""
-        return self._use_anyway.visible and self._unused_result is not None
+        return not self._use_anyway.native.isHidden() and self._unused_result is not None
 
     def use_model_anyway(self) -> None:
         """Press "Use this model for prediction anyway" (hand the held-back model over)."""

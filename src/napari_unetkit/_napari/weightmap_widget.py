@@ -30,6 +30,7 @@ from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.surface import PanelSurface
 from napari_unetkit._napari.train_inputs import MAX_SCANNED_PIXELS
 from napari_unetkit.checks import Problem, weightmap_problems
+from napari_unetkit.progress import Step
 from napari_unetkit.weightmap import (
     BORDER_ON,
     CLASS_BALANCES,
@@ -53,7 +54,7 @@ def compute_weight_map_job(labels: np.ndarray, settings: WeightMapSettings):
             if cancel.is_set():
                 return None
             weights[index], target[index] = weights_and_target(plane, settings=settings)
-            emit((index + 1, len(planes)))
+            emit(Step(index + 1, len(planes)))
         return weights.reshape(labels.shape), target.reshape(labels.shape)
 
     return job
@@ -281,7 +282,7 @@ class WeightMapWidget(PanelSurface, Container):
         return self._runner.start(
             job,
             total=int(np.prod(labels.shape[:-2], dtype=np.int64)),
-            on_event=lambda position: position,
+            on_event=lambda step: step.position,
             on_result=lambda result: self._show(layer, result),
             on_error=self._on_error,
             on_finished=self._finished,
@@ -378,7 +379,7 @@ def weight_map_of_active_layer(viewer: napari.viewer.Viewer) -> None:
     runner.start(
         compute_weight_map_job(labels, settings),
         total=int(np.prod(labels.shape[:-2], dtype=np.int64)),
-        on_event=lambda position: position,
+        on_event=lambda step: step.position,
         on_result=lambda result: result and show_weight_map(viewer, layer, *result, settings),
         on_finished=lambda: _MENU_JOBS.discard(runner),
     )
