@@ -13,7 +13,7 @@ import pytest
 import torch
 from bad_cases import BAD_MODEL_FILES, cells, untrained_model
 
-from napari_unetkit import checks, training
+from napari_unetkit import checks
 from napari_unetkit import data as data_module
 from napari_unetkit._napari import jobs, predict_widget, weightmap_widget
 from napari_unetkit._napari.layers import METADATA_KEY
@@ -250,7 +250,7 @@ def test_predict_widget_explains_bad_models_and_images(make_napari_viewer, tmp_p
     widget.fields["model_file"].value = models["rgb"]
     widget.fields["image"].value = grey
     assert not widget.can_start
-    assert "reads images of 3 channels (RGB), but the image (shape (32, 32)) has 1 channel" in widget.message
+    assert "3 channels (RGB), but the image (shape (32, 32)) has 1 channel" in widget.message
     widget.fields["model_file"].value = models["grey"]
     assert widget.can_start, widget.message
     widget.fields["image"].value = viewer.add_image(np.zeros((16, 16), bool), name="mask")
