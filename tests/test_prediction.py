@@ -470,12 +470,18 @@ def test_link_3d_joins_instances_across_slices(trained):
 def test_channel_count_mismatch_is_explained():
     rgb_model = random_model(in_channels=3)
     predictor = Predictor(rgb_model, description(rgb_model.config), device="cpu")
-    with pytest.raises(ValueError, match=r"expects 3 channels \(RGB\) but the image has 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"reads images of 3 channels \(RGB\), but the image \(shape \(32, 32\)\) has 1",
+    ):
         predictor.predict(np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match="channel axis to -1"):
         predictor.predict(np.zeros((32, 32, 3), np.uint8))
     grey = random_model()
-    with pytest.raises(ValueError, match="expects 1 channel but the image has 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 channel \(greyscale\), but the image \(shape \(32, 32, 3\)\) has 3",
+    ):
         Predictor(grey, description(grey.config), device="cpu").predict(
             np.zeros((32, 32, 3), np.uint8), channel_axis=-1
         )

@@ -523,7 +523,7 @@ def test_a_channel_choice_is_stored_and_repeated_at_prediction(tmp_path):
     grey = Predictor(result.model, {**result.description, "channels": None})
     from_grey = grey.predict(image, return_probabilities=True)
     np.testing.assert_array_equal(from_rgb.probabilities, from_grey.probabilities)
-    with pytest.raises(ValueError, match="expects 3 channels"):
+    with pytest.raises(ValueError, match="reads images of 3 channels"):
         predictor.predict(image)
     with pytest.raises(ValueError, match="channels"):
         train(

@@ -358,7 +358,7 @@ def _labels_problems(labels: Sequence[Any], mode: str) -> list[Problem]:
 
 def _settings_problems(values: Mapping[str, Any]) -> list[Problem]:
     from napari_unetkit.losses import LOSSES
-    from napari_unetkit.training import MAX_BATCH_SIZE, MAX_SEED, OPTIMIZERS, SCHEDULES
+    from napari_unetkit.training.config import MAX_BATCH_SIZE, MAX_SEED, OPTIMIZERS, SCHEDULES
 
     problems: list[Problem] = []
 
@@ -489,18 +489,20 @@ def _channels_in_words(count: int) -> str:
 
 
 def image_channels_problem(
-    shape: tuple[int, ...], channel_axis: int | None, expected: int
+    shape: tuple[int, ...], channel_axis: int | None, expected: int, guess_colour: bool = True
 ) -> str | None:
     """Say why an image of ``shape`` does not fit a model reading ``expected`` channels.
 
-    A 3D image whose last axis has 3 or 4 entries, given to a greyscale model without a
-    channel axis, is taken for the colour image it almost always is (not for a stack of 3 or 4
-    narrow slices).
+    With ``guess_colour`` (front ends reading files and layers), a 3D image whose last axis
+    has 3 or 4 entries, given to a greyscale model without a channel axis, is taken for the
+    colour image it almost always is, not for a stack of 3 or 4 pixel wide slices (which the
+    engine itself accepts).
     """
     from napari_unetkit import layout
 
     shape = tuple(int(n) for n in shape)
-    colour = channel_axis is None and expected == 1 and len(shape) == 3 and shape[-1] in (3, 4)
+    colour = guess_colour and channel_axis is None and expected == 1
+    colour = colour and len(shape) == 3 and shape[-1] in (3, 4)
     found = layout.n_channels(shape, -1 if colour else channel_axis)
     if found == expected:
         return None
@@ -529,6 +531,7 @@ def predict_problems(
     halo: int | None = None,
     threshold: float | None = None,
     min_size: int | None = None,
+    guess_colour: bool = True,
 ) -> list[Problem]:
     """Pre-check a prediction: the image against the model, and the options.
 
@@ -543,6 +546,8 @@ def predict_problems(
         smaller than the halo is refused.
     threshold, min_size : optional
         Instance options overriding the model's (``None``: the model's own).
+    guess_colour : bool
+        See :func:`image_channels_problem`.
 
     Returns
     -------
@@ -561,7 +566,9 @@ def predict_problems(
             )
         elif in_channels is not None:
             _collect(
-                problems, "image", image_channels_problem(image_shape, channel_axis, in_channels)
+                problems,
+                "image",
+                image_channels_problem(image_shape, channel_axis, in_channels, guess_colour),
             )
     if tile_size is not None:
         message = whole_number_problem(tile_size, "The tile size (pixels)", 1)

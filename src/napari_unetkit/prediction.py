@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from napari_unetkit import layout, postprocess
+from napari_unetkit.checks import MODES, predict_problems, raise_problems, whole_number_problem
 from napari_unetkit.device import resolve_device
 from napari_unetkit.model import UNetConfig
 from napari_unetkit.modelfile import load_model
@@ -82,7 +83,6 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 Output = Literal["auto", "instances", "semantic", "probabilities"]
 OUTPUTS = ("auto", "instances", "semantic", "probabilities")
-MODES = ("instances", "classes")
 #: Instance settings of model files that store none (written before settings were stored).
 LEGACY_INSTANCE_SETTINGS = postprocess.InstanceSettings(
     method="components", threshold=0.5, min_size=10, grow=2
@@ -129,21 +129,6 @@ class PredictionResult:
 def _normalization_settings(description: dict) -> NormalizationSettings:
     data = description.get("normalization")
     return NormalizationSettings() if data is None else NormalizationSettings.from_dict(data)
-
-
-def _channel_message(expected: int, found: int, shape: tuple[int, ...], channel_axis) -> str:
-    def channels(n: int) -> str:
-        return f"{n} channel{'s' if n != 1 else ''}" + (" (RGB)" if n == 3 else "")
-
-    text = f"The model expects {channels(expected)} but the image has {found}"
-    text += "." if channel_axis is not None else " (no channel axis was given)."
-    if channel_axis is None and shape[-1] == expected:
-        text += " If the last axis holds the channels, set the channel axis to -1."
-    elif channel_axis is None and expected > 1 and shape[0] == expected:
-        text += " If the first axis holds the channels, set the channel axis to 0."
-    else:
-        text += " Choose an image like the ones the model was trained on."
-    return text
 
 
 class Predictor:
@@ -714,12 +699,11 @@ class Predictor:
             For an empty image, a channel count the model cannot read, or a slice index out
             of range.
         """
-        if 0 in shape:
-            raise ValueError(f"The image is empty (shape {shape}): choose an image with pixels.")
         expected, pick = self.input_channels
-        found = layout.n_channels(shape, channel_axis)
-        if found != expected:
-            raise ValueError(_channel_message(expected, found, shape, channel_axis))
+        problems = predict_problems(
+            image_shape=shape, channel_axis=channel_axis, in_channels=expected, guess_colour=False
+        )
+        raise_problems(problems)
         return pick, _selected_slices(shape, channel_axis, slices)
 
     def post_settings(
@@ -735,7 +719,7 @@ class Predictor:
         ValueError
             For a threshold outside (0, 1) or a negative minimum size.
         """
-        _check_post_options(threshold, min_size)
+        raise_problems(predict_problems(threshold=threshold, min_size=min_size))
         post = self.instance_settings if instances is None else instances
         if threshold is not None:
             post = replace(post, threshold=float(threshold))
@@ -768,8 +752,9 @@ class _SliceWorkers:
 
 
 def _positive(value: int, minimum: int, name: str = "The value") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
+    message = whole_number_problem(value, name, minimum)
+    if message is not None:
+        raise ValueError(message)
     return int(value)
 
 
@@ -802,20 +787,6 @@ def instance_settings_of(description: Mapping) -> postprocess.InstanceSettings:
         return postprocess.InstanceSettings.from_dict(stored)
     except (TypeError, ValueError) as error:
         raise ValueError(f"The model's instance settings are not valid: {error}") from None
-
-
-def _check_post_options(threshold: float | None, min_size: int | None) -> None:
-    """Reject a threshold outside (0, 1) or a negative minimum size, before any work."""
-    number = isinstance(threshold, (int, float, np.number)) and not isinstance(threshold, bool)
-    if threshold is not None and (not number or not 0.0 < float(threshold) < 1.0):
-        raise ValueError(
-            f"The threshold is a foreground probability and must lie between 0 and 1 "
-            f"(exclusive; 0.5 is the usual choice), got {threshold!r}."
-        )
-    if min_size is not None and (
-        isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0
-    ):
-        raise ValueError(f"min_size must be a whole number of pixels >= 0, got {min_size!r}.")
 
 
 def _selected_slices(

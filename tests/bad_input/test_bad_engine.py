@@ -53,7 +53,7 @@ IMAGE, LABELS = cells((48, 64))
 TRAINING_ERRORS = {
     "shapes differ": ([(IMAGE, LABELS[:, :60])], {}, "Choose the labels drawn on this image"),
     "float labels": ([(IMAGE, LABELS.astype(np.float32))], {}, "labels.astype(int)"),
-    "negative labels": ([(IMAGE, _negative(LABELS))], {}, "use 0 for background"),
+    "negative labels": ([(IMAGE, _negative(LABELS))], {}, "use 0 (background)"),
     "all-zero labels": ([(IMAGE, np.zeros_like(LABELS))], {}, "No annotated slices: paint"),
     "constant image": ([(np.full_like(IMAGE, 7), LABELS)], {}, "the image is constant"),
     "NaN in image": ([(_with(IMAGE, np.nan), LABELS)], {}, "NaN or infinite values; replace"),
@@ -88,11 +88,11 @@ def test_wrong_training_data_is_refused_before_any_file(case, tmp_path):
 @pytest.mark.parametrize(
     ("settings", "fragment"),
     [
-        ({"val_fraction": 1.0}, "some data must be left for training"),
+        ({"val_fraction": 1.0}, "val_fraction must be a finite number from 0 to below 1"),
         ({"epochs": 0}, "set epochs to at least 1 or give a time_limit"),
-        ({"epochs": None, "time_limit": 0}, "time_limit must be a positive number of seconds"),
-        ({"batch_size": 0}, "batch_size must be a positive integer"),
-        ({"patch_size": 0}, "patch_size must be a positive integer"),
+        ({"epochs": None, "time_limit": 0}, "time_limit must be a finite number > 0"),
+        ({"batch_size": 0}, "batch_size must be a whole number from 1 to 1024"),
+        ({"patch_size": 0}, "patch_size must be a whole number >= 1"),
     ],
 )
 def test_impossible_budgets_and_sizes_are_refused(settings, fragment):
@@ -199,13 +199,13 @@ PREDICTION_ERRORS = {
         np.stack([GREY] * 3, axis=-1),
         -1,
         {},
-        "The model expects 1 channel but the image has 3",
+        "reads images of 1 channel (greyscale), but the image (shape",
     ),
     "empty image": (np.zeros((0, 32), np.uint8), None, {}, "The image is empty"),
     "empty stack": (np.zeros((0, 16, 16), np.uint8), None, {}, "The image is empty"),
     "1D image": (GREY[0], None, {}, "needs at least two axes"),
-    "threshold above 1": (GREY, None, {"threshold": 1.5}, "must lie between 0 and 1"),
-    "threshold NaN": (GREY, None, {"threshold": float("nan")}, "must lie between 0 and 1"),
+    "threshold above 1": (GREY, None, {"threshold": 1.5}, "between 0 and 1 (exclusive)"),
+    "threshold NaN": (GREY, None, {"threshold": float("nan")}, "between 0 and 1 (exclusive)"),
     "negative minimum size": (GREY, None, {"min_size": -1}, "min_size must be a whole number"),
     "slice out of range": (np.stack([GREY] * 2), None, {"slices": [5]}, "is not in an image"),
 }
@@ -221,8 +221,12 @@ def test_wrong_prediction_input_is_explained(case, predictor):
 @pytest.mark.parametrize(
     ("image", "channel_axis", "fragment"),
     [
-        (GREY, None, "expects 3 channels (RGB) but the image has 1"),
-        (np.stack([GREY] * 4, axis=-1), -1, "expects 3 channels (RGB) but the image has 4"),
+        (GREY, None, "reads images of 3 channels (RGB), but the image (shape (32, 32)) has 1"),
+        (
+            np.stack([GREY] * 4, axis=-1),
+            -1,
+            "3 channels (RGB), but the image (shape (32, 32, 4)) has 4",
+        ),
     ],
     ids=["grey image", "RGBA image"],
 )

@@ -52,11 +52,11 @@ from typing import Any
 import torch
 
 from napari_unetkit import data as data_module
+from napari_unetkit.checks import MODES
 from napari_unetkit.device import configure_threads, resolve_device
 from napari_unetkit.training.config import (
     MAX_BATCH_SIZE,
     MAX_SEED,
-    MODES,
     OPTIMIZERS,
     SCHEDULES,
     TrainConfig,

@@ -1,29 +1,23 @@
 """Training settings: :class:`TrainConfig`, its checks and the choices it accepts.
 
 :class:`TrainConfig` holds every setting of a run; :meth:`TrainConfig.validate` raises a
-``ValueError`` with a one-sentence message for the first invalid one, and
+``ValueError`` (:class:`napari_unetkit.checks.InvalidInput`) carrying every invalid setting,
+with the first one's sentence as its message (the rules: :func:`napari_unetkit.checks.
+train_problems`), and
 :meth:`TrainConfig.to_dict` / :meth:`TrainConfig.from_dict` round-trip it through JSON (the
 model file stores it). Nothing here touches data or torch.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
 
-import numpy as np
-
-from napari_unetkit import layout
 from napari_unetkit.augmentation import AugmentationSettings
-from napari_unetkit.losses import LOSSES
+from napari_unetkit.checks import raise_problems, train_problems
 from napari_unetkit.model import UNetConfig
 from napari_unetkit.normalization import NormalizationSettings
 from napari_unetkit.weightmap import DEFAULT_PRESET, PRESETS, WeightMapSettings
 
-#: Training modes: separated instances (2 classes) or user classes ``1..K``.
-MODES = ("instances", "classes")
 #: Optimisers: AdamW, or SGD with (the paper's high) momentum.
 OPTIMIZERS = ("adamw", "sgd")
 #: Learning-rate schedules over the training budget.
@@ -32,31 +26,6 @@ SCHEDULES = ("cosine", "constant")
 MAX_BATCH_SIZE = 1024
 #: Largest seed (NumPy's and PyTorch's generators both take it).
 MAX_SEED = 2**32 - 1
-
-
-def _positive_int(value: Any, name: str, allow_none: bool = False, high: int | None = None) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be at most {high}, got {value!r}.")
-
-
-def _number(value: Any, name: str, low: float, high: float = math.inf) -> None:
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(float(value)) or not low <= float(value) <= high:
-        bounds = (
-            f"a finite number of at least {low:g}"
-            if math.isinf(high)
-            else f"a number from {low:g} to {high:g}"
-        )
-        raise ValueError(f"{name} must be {bounds}, got {value!r}.")
-
-
-def _choice(value: Any, name: str, options: Sequence[str]) -> None:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(options)}, got {value!r}.")
 
 
 @dataclass
@@ -188,74 +157,17 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check every setting; raise ``ValueError`` naming the first problem found.
+        """Check every setting with the training pre-check the front ends run too.
+
+        The rules and messages are :func:`napari_unetkit.checks.train_problems`.
 
         Raises
         ------
-        ValueError
-            For an invalid value, or a budget that allows no training at all.
+        napari_unetkit.checks.InvalidInput
+            A ``ValueError`` carrying every problem; its message is the first one's.
         """
-        _choice(self.mode, "mode", MODES)
-        _choice(self.optimizer, "optimizer", OPTIMIZERS)
-        _choice(self.schedule, "schedule", SCHEDULES)
-        _choice(self.loss, "loss", LOSSES)
-        _positive_int(self.patch_size, "patch_size")
-        _positive_int(self.batch_size, "batch_size", high=MAX_BATCH_SIZE)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"seed must be a whole number, got {self.seed!r}.")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be from 0 to {MAX_SEED}, got {self.seed!r}.")
-        _positive_int(self.steps_per_epoch, "steps_per_epoch", allow_none=True)
-        self._validate_budget()
-        _number(self.learning_rate, "learning_rate", 0.0)
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
-        _number(self.momentum, "momentum", 0.0, 1.0)
-        _number(self.weight_decay, "weight_decay", 0.0)
-        _number(self.warmup, "warmup", 0.0, 1.0)
-        _number(self.min_lr_fraction, "min_lr_fraction", 0.0, 1.0)
-        _number(self.dice_weight, "dice_weight", 0.0)
-        _number(self.foreground_bias, "foreground_bias", 0.0, 1.0)
-        _number(self.val_fraction, "val_fraction", 0.0, 1.0)
-        if self.val_fraction >= 1.0:
-            raise ValueError(
-                f"val_fraction must lie in [0, 1) (some data must be left for training), "
-                f"got {self.val_fraction!r}."
-            )
-        _positive_int(self.threads, "threads", allow_none=True)
-        if self.channels is not None:
-            layout.check_channel_choice(self.channels, max(self.channels, default=0) + 1)
-        if self.data_name is not None and not isinstance(self.data_name, str):
-            raise ValueError(f"data_name must be a string or None, got {self.data_name!r}.")
-        self.weightmap_settings()  # raises for an unknown preset
-        if self.augmentation is not None and not isinstance(
-            self.augmentation, AugmentationSettings
-        ):
-            raise ValueError("augmentation must be an AugmentationSettings or None.")
-        if not isinstance(self.normalization, NormalizationSettings):
-            raise ValueError("normalization must be a NormalizationSettings.")
-        self.model_config(1, 2)  # raises for an invalid architecture
-
-    def _validate_budget(self) -> None:
-        if self.epochs is not None and (
-            isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer))
-        ):
-            raise ValueError(f"epochs must be an integer or None, got {self.epochs!r}.")
-        if self.time_limit is not None:
-            _number(self.time_limit, "time_limit", 0.0)
-            if self.time_limit <= 0:
-                raise ValueError(
-                    f"time_limit must be a positive number of seconds, got {self.time_limit!r}."
-                )
-        if not self.epochs and self.time_limit is None:
-            raise ValueError(
-                "nothing to train: set epochs to at least 1 or give a time_limit in seconds."
-            )
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(
-                f"epochs must be at least 1, or None to train until the time limit; "
-                f"got {self.epochs!r}."
-            )
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        raise_problems(train_problems(values))
 
     def weightmap_settings(self) -> WeightMapSettings:
         """Return :attr:`weightmap` as a :class:`WeightMapSettings` (resolving preset names)."""
