@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unetkit.checks import InvalidInput
 from napari_unetkit.data import prepare_training_data
 from napari_unetkit.losses import soft_dice_loss, training_loss, weighted_cross_entropy
 from napari_unetkit.metrics import match_instances
@@ -156,10 +157,10 @@ def test_config_round_trips_through_json():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"epochs": 0}, "nothing to train"),
-        ({"epochs": None}, "nothing to train"),
+        ({"epochs": 0}, "Nothing to train"),
+        ({"epochs": None}, "Nothing to train"),
         ({"time_limit": 0}, "time_limit"),
-        ({"epochs": 0, "time_limit": 10}, "epochs must be at least 1"),
+        ({"epochs": 0, "time_limit": 10}, "epochs must be a whole number >= 1"),
         ({"epochs": 2.5}, "epochs"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"val_fraction": -0.1}, "val_fraction"),
@@ -171,6 +172,14 @@ def test_config_round_trips_through_json():
 def test_config_rejects_invalid_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings)
+
+
+def test_config_reports_every_invalid_setting_by_field():
+    with pytest.raises(InvalidInput) as caught:
+        TrainConfig(patch_size=0, batch_size=0, learning_rate=-1.0)
+    fields = [problem.field for problem in caught.value.problems]
+    assert fields == ["patch_size", "batch_size", "learning_rate"]
+    assert str(caught.value) == caught.value.problems[0].message
 
 
 def test_config_from_dict_rejects_unknown_keys():
