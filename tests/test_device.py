@@ -84,7 +84,7 @@ def test_configure_threads(monkeypatch, restore_threads):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert dev.configure_threads() == 2
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(ValueError, match="must be a whole number >= 1"):
             dev.configure_threads(bad)
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_unetkit.checks import number_problem, whole_number_problem
+
 __all__ = [
     "AugmentationSettings",
     "adjust_intensity",
@@ -32,6 +34,11 @@ __all__ = [
     "flip_rotate",
     "warp",
 ]
+
+
+def _refuse(message: str | None) -> None:
+    if message is not None:
+        raise ValueError(message)
 
 
 def _range(value: Any, name: str, positive: bool) -> tuple[float, float]:
@@ -99,16 +106,11 @@ class AugmentationSettings:
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
             set_field(name, bool(getattr(self, name)))
-        if not 0.0 <= float(self.elastic_probability) <= 1.0:
-            raise ValueError(
-                f"elastic_probability must lie in [0, 1], got {self.elastic_probability!r}."
-            )
+        _refuse(number_problem(self.elastic_probability, "elastic_probability", 0.0, 1.0))
         set_field("elastic_probability", float(self.elastic_probability))
-        if int(self.elastic_grid) != self.elastic_grid or self.elastic_grid < 2:
-            raise ValueError(f"elastic_grid must be an integer >= 2, got {self.elastic_grid!r}.")
+        _refuse(whole_number_problem(self.elastic_grid, "elastic_grid", 2))
         set_field("elastic_grid", int(self.elastic_grid))
-        if not (math.isfinite(float(self.elastic_std)) and self.elastic_std >= 0):
-            raise ValueError(f"elastic_std must be a number >= 0, got {self.elastic_std!r}.")
+        _refuse(number_problem(self.elastic_std, "elastic_std", 0.0))
         set_field("elastic_std", float(self.elastic_std))
         if self.interpolation_order not in (1, 3):
             raise ValueError(
@@ -116,10 +118,8 @@ class AugmentationSettings:
             )
         set_field("intensity_scale", _range(self.intensity_scale, "intensity_scale", True))
         set_field("gamma", _range(self.gamma, "gamma", True))
-        offset = float(self.intensity_offset)
-        if not (math.isfinite(offset) and offset >= 0):
-            raise ValueError(f"intensity_offset must be a number >= 0, got {offset!r}.")
-        set_field("intensity_offset", offset)
+        _refuse(number_problem(self.intensity_offset, "intensity_offset", 0.0))
+        set_field("intensity_offset", float(self.intensity_offset))
 
     @classmethod
     def off(cls) -> AugmentationSettings:

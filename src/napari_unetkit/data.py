@@ -39,6 +39,7 @@ from napari_unetkit.checks import (
     class_count_problem,
     labels_dtype_problem,
     negative_labels_problem,
+    whole_number_problem,
 )
 from napari_unetkit.normalization import (
     NormalizationSettings,
@@ -915,8 +916,9 @@ class PatchSampler:
         weights : numpy.ndarray
             float32 ``(B, py, px)``; every patch has at least one positive weight.
         """
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        message = whole_number_problem(batch_size, "batch_size", 1)
+        if message is not None:
+            raise ValueError(message)
         py, px = self.patch_shape
         images = np.empty((batch_size, self.in_channels, py, px), dtype=np.float32)
         targets = np.empty((batch_size, py, px), dtype=np.int64)

@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from napari_unetkit.checks import whole_number_problem
+
 #: Environment variables through which a user sets the CPU thread count themselves.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -157,8 +159,8 @@ def configure_threads(n: int | None = None) -> int:
         if any(os.environ.get(var, "").strip() for var in THREAD_ENV_VARS):
             return torch.get_num_threads()
         n = usable_cpu_count()
-    elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"The number of CPU threads must be a positive integer, got {n!r}.")
+    elif (message := whole_number_problem(n, "The number of CPU threads", 1)) is not None:
+        raise ValueError(message)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()

@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import disk
 from skimage.segmentation import relabel_sequential, watershed
 
+from napari_unetkit.checks import number_problem, whole_number_problem
 from napari_unetkit.metrics import match_sparse, overlaps
 
 #: 4-connectivity in 2D (edges only, no diagonals).
@@ -245,16 +246,21 @@ class InstanceSettings:
                 f"The instance method must be one of {INSTANCE_METHODS}, got {self.method!r}."
             )
         for name in ("threshold", "seed_threshold"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 < float(value) < 1.0:
-                raise ValueError(
-                    f"The {name.replace('_', ' ')} is a foreground probability and must lie "
-                    f"between 0 and 1 (exclusive), got {value!r}."
-                )
+            message = number_problem(
+                getattr(self, name),
+                f"The {name.replace('_', ' ')}",
+                0.0,
+                1.0,
+                open_low=True,
+                open_high=True,
+                hint="it is a foreground probability (0.5 is the usual choice)",
+            )
+            if message is not None:
+                raise ValueError(message)
         for name in ("min_size", "grow"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}.")
+            message = whole_number_problem(getattr(self, name), name, 0)
+            if message is not None:
+                raise ValueError(message)
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable settings."""

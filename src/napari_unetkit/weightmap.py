@@ -219,8 +219,9 @@ class WeightMapSettings:
         set_field("ignore", _parse_ignore_label(self.ignore))
         set_field("spacing", _parse_spacing(self.spacing))
         set_field("tol", _non_negative(self.tol, "tol"))
-        if not 0.0 <= float(self.background_ratio) <= 1.0:
-            raise ValueError(f"background_ratio must lie in [0, 1], got {self.background_ratio!r}.")
+        message = number_problem(self.background_ratio, "background_ratio", 0.0, 1.0)
+        if message is not None:
+            raise ValueError(message)
         set_field("background_ratio", float(self.background_ratio))
         set_field("background_sigma", _positive(self.background_sigma, "background_sigma"))
 

@@ -274,7 +274,7 @@ def test_evaluate_float_labels_in_one_sentence(tmp_path, capsys):
 def test_settings_are_checked_before_the_data_is_read(tmp_path, capsys):
     argv = ["train", "--image", tmp_path / "missing.npy", "--labels", tmp_path / "missing.npy",
             "--out", tmp_path / "m.unet", "--seed", 2**70]  # fmt: skip
-    assert "seed must be from 0 to 4294967295" in _cli(capsys, *argv)
+    assert "seed must be a whole number from 0 to 4294967295" in _cli(capsys, *argv)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")

@@ -32,6 +32,7 @@ from napari_unetkit.checks import (
     predict_problems,
     raise_problems,
     train_problems,
+    whole_number_problem,
 )
 from napari_unetkit.cli import bigdata as cli_bigdata
 from napari_unetkit.layout import infer_channel_axis
@@ -580,8 +581,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from napari_unetkit.training import MAX_SEED
 
     folder = Path(args.out)
-    if not 0 <= args.seed <= MAX_SEED:
-        raise CommandError(f"--seed must be from 0 to {MAX_SEED}, got {args.seed}.")
+    message = whole_number_problem(args.seed, "--seed", 0, MAX_SEED)
+    if message is not None:
+        raise CommandError(message)
     display = TextProgress()
     print(
         f"napari-unetkit demo: training a U-Net on synthetic nuclei for up to "
