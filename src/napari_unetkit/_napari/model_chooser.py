@@ -36,6 +36,7 @@ from napari_unetkit._napari.train_settings import DEFAULT_MODEL_FOLDER
 from napari_unetkit.model import UNet
 from napari_unetkit.modelfile import (
     SUFFIX,
+    ModelDescription,
     ModelFileError,
     describe_model,
     load_model,
@@ -232,7 +233,7 @@ class ChosenModel:
     """
 
     model: UNet
-    description: dict
+    description: ModelDescription
     path: Path | None
     origin: str
 

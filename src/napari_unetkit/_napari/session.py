@@ -8,6 +8,7 @@ from pathlib import Path
 from psygnal import Signal
 
 from napari_unetkit.model import UNet
+from napari_unetkit.modelfile import ModelDescription
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class TrainedModel:
     """
 
     model: UNet
-    description: dict
+    description: ModelDescription
     path: Path | None
 
 

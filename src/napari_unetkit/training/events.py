@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from napari_unetkit.model import UNet
+from napari_unetkit.modelfile import ModelDescription
 
 #: The message of the :class:`Cancelled` raised by a stop before the first training step.
 NOTHING_SAVED = "Stopped before the first training step: no model was saved."
-#: Stages reported through :class:`TrainProgress`.
-STAGES = ("preparing", "training", "validating", "calibrating", "saving", "done")
-#: How training ended.
-STOPPED_BY = ("epochs", "time_limit", "cancel")
+#: Stages reported through :class:`TrainProgress` (the type, and its values in order).
+Stage = Literal["preparing", "training", "validating", "calibrating", "saving", "done"]
+STAGES: tuple[Stage, ...] = typing.get_args(Stage)
+#: How training ended (the type, and its values).
+StoppedBy = Literal["epochs", "time_limit", "cancel"]
+STOPPED_BY: tuple[StoppedBy, ...] = typing.get_args(StoppedBy)
 
 
 @dataclass
@@ -51,7 +56,7 @@ class TrainProgress:
         A one-line human description.
     """
 
-    stage: str
+    stage: Stage
     epoch: int = 0
     n_epochs: int | None = None
     step: int = 0
@@ -96,14 +101,14 @@ class TrainResult:
     """
 
     model: UNet
-    description: dict
+    description: ModelDescription
     history: list[dict]
     best_score: float | None
     best_epoch: int | None
     epochs_run: int
     steps_run: int
     elapsed: float
-    stopped_by: str
+    stopped_by: StoppedBy
     model_path: Path | None
 
 

@@ -23,7 +23,7 @@ from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.calibration import ValidationMap, calibrate_instances, candidate_settings
 from napari_unetkit.device import autocast_context, describe_device
 from napari_unetkit.losses import training_loss
-from napari_unetkit.modelfile import read_description, save_model
+from napari_unetkit.modelfile import ModelDescription, read_description, save_model
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.speed.inference import uses_channels_last
 from napari_unetkit.training.budget import Budget
@@ -353,7 +353,7 @@ class Run:
             "class_names": self.s.class_names,
         }
 
-    def description(self) -> dict:
+    def description(self) -> ModelDescription:
         """Return the model description stored with the weights (see ``modelfile``)."""
         best = self.best_entry or {}
         s = self.s
