@@ -40,12 +40,13 @@ def ask_package_path(parent: Any, suggested: Path) -> Path | None:
 def suggested_path(chosen: Any) -> Path:
     """``<model>.bioimageio.zip`` beside the model file, or in the home folder."""
     from napari_unetkit.bioimageio import PACKAGE_SUFFIX
+    from napari_unetkit.checks import MODEL_SUFFIX
 
     path = getattr(chosen, "path", None)
     if path is None:
         return Path.home() / f"model{PACKAGE_SUFFIX}"
     stem = Path(path).name
-    for suffix in (PACKAGE_SUFFIX, ".zip", ".unet"):
+    for suffix in (PACKAGE_SUFFIX, ".zip", MODEL_SUFFIX):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
