@@ -29,7 +29,7 @@ def test_training_on_dask_and_zarr_layers_reads_them_lazily(
     viewer.add_image(lazy_image, name="cells")
     layer = viewer.add_labels(labels_store, name="cells labels")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unetkit", "Train U-Net")
-    (row,) = widget._pairs.rows
+    (row,) = widget.pairs.rows
     assert row.image.value.name == "cells" and row.labels_choice.value is layer
     given = []
 
@@ -38,7 +38,7 @@ def test_training_on_dask_and_zarr_layers_reads_them_lazily(
         return train(pairs, *args, **kwargs)
 
     monkeypatch.setattr(train_job, "train", spy)
-    settings = widget._settings
+    settings = widget.settings_form
     settings.show_advanced.value = True
     settings.size.value = "small"
     settings.depth.value = 2
@@ -48,11 +48,11 @@ def test_training_on_dask_and_zarr_layers_reads_them_lazily(
     settings.epochs.value = 1
     settings.steps_per_epoch.value = 2
     settings.path.value = tmp_path / "lazy.unet"
-    assert widget._start.enabled, widget._message.value
-    widget._start.native.click()
+    assert widget.can_start, widget.message
+    widget.press_start()
     with qtbot.waitSignal(widget.runner.worker.finished, timeout=60_000):
         pass
     ((image_given, labels_given),) = given
     assert image_given is lazy_image and labels_given is labels_store  # nothing was copied
     description = read_description(tmp_path / "lazy.unet")
-    assert description["data"]["pairs"][0]["lazy"], widget._status.value
+    assert description["data"]["pairs"][0]["lazy"], widget.status
