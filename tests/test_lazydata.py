@@ -222,7 +222,7 @@ def test_the_validation_window_is_hidden_from_training():
 
 def test_bad_lazy_input_gets_the_in_memory_messages():
     image, labels = nuclei()
-    with pytest.raises(ValueError, match="must not be negative"):
+    with pytest.raises(ValueError, match="labels hold negative values"):
         lazydata.prepare_lazy_training_data([(image, labels - 1)])
     with pytest.raises(ValueError, match="No annotated slices"):
         lazydata.prepare_lazy_training_data([(image, np.zeros_like(labels))])

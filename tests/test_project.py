@@ -99,7 +99,7 @@ def test_channels_are_stored_first_and_must_agree(tmp_path):
     [
         (np.ones((24, 21), np.int32), None, {}, "do not match the image's Y, X"),
         (np.ones((24, 20), np.float32), None, {}, "must be integers"),
-        (-np.ones((24, 20), np.int32), None, {}, "must not be negative"),
+        (-np.ones((24, 20), np.int32), None, {}, "labels hold negative values"),
         (np.zeros((24, 20), np.int32), None, {}, "Nothing to add"),
         (np.ones((24, 20), np.int32), np.ones((20, 24), bool), {}, "region .* does not match"),
         (np.zeros((24, 20), np.int32), np.zeros((24, 20), bool), {}, "marks no pixel"),

@@ -55,6 +55,7 @@ import numpy as np
 
 from napari_unetkit import layout
 from napari_unetkit.augmentation import AugmentationSettings
+from napari_unetkit.checks import negative_labels_problem
 from napari_unetkit.data import (
     MAX_CLASSES,
     MIN_VALIDATION_BAND,
@@ -451,7 +452,7 @@ class LazyTrainingData:
         ry0, ry1 = max(y0 - halo, 0), min(y1 + halo, height)
         rx0, rx1 = max(x0 - halo, 0), min(x1 + halo, width)
         labels = self._read(source.labels, s, slice(ry0, ry1), slice(rx0, rx1))
-        _check_negative(labels, s)
+        _check_negative(labels, s, self.mode)
         inner = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
         region = None
         if source.region is not None:
@@ -532,7 +533,7 @@ class LazyTrainingData:
         source = self.sources[s.pair]
         if self.mode == "classes":
             labels = self._read(source.labels, s, rows, cols)
-            _check_negative(labels, s)
+            _check_negative(labels, s, self.mode)
             annotated = labels > 0
             if source.region is not None:
                 annotated &= self._read(source.region, s, rows, cols) != 0
@@ -545,7 +546,7 @@ class LazyTrainingData:
         y0, y1 = max(rows.start - margin, 0), min(rows.stop + margin, height)
         x0, x1 = max(cols.start - margin, 0), min(cols.stop + margin, width)
         labels = self._read(source.labels, s, slice(y0, y1), slice(x0, x1))
-        _check_negative(labels, s)
+        _check_negative(labels, s, self.mode)
         options: dict[str, Any] = {}
         if source.region is not None:
             # As in memory: outside the region nothing is known (weight 0, not an instance).
@@ -675,12 +676,10 @@ class LazyTrainingData:
         )
 
 
-def _check_negative(labels: np.ndarray, s: LazySlice) -> None:
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise ValueError(
-            f"Pair {s.pair + 1}, slice {s.index}: labels must not be negative; use 0 for "
-            "background (or not annotated) and positive ids."
-        )
+def _check_negative(labels: np.ndarray, s: LazySlice, mode: str) -> None:
+    message = negative_labels_problem(labels, mode)  # the in-memory path's rule and words
+    if message is not None:
+        raise ValueError(f"Pair {s.pair + 1}, slice {s.index}: {message}")
 
 
 class LazyTrainingSet(Sequence):

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from napari_unetkit import __version__, layout
+from napari_unetkit.checks import labels_dtype_problem, negative_labels_problem
 from napari_unetkit.io import atomic_write, check_writable, os_error_text, read_image, write_tiff
 
 try:  # POSIX advisory locks; elsewhere writers are not serialised between processes
@@ -232,18 +233,17 @@ def _image_cyx(image: Any, channel_axis: int | None) -> np.ndarray:
 
 def _labels_yx(labels: Any, shape: tuple[int, int]) -> np.ndarray:
     array = np.array(labels, copy=True)
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-        raise ProjectError(
-            f"Labels must be integers (0 = background), not {array.dtype}; "
-            "use a Labels layer or an integer image."
-        )
+    message = labels_dtype_problem(array.dtype)
+    if message is not None:
+        raise ProjectError(message)
     if array.shape != shape:
         raise ProjectError(
             f"The labels ({'x'.join(map(str, array.shape))}) do not match the image's Y, X "
             f"({'x'.join(map(str, shape))}); give the labels of this slice."
         )
-    if array.size and array.min() < 0:
-        raise ProjectError("Labels must not be negative; 0 is background, 1, 2, ... objects.")
+    message = negative_labels_problem(array)
+    if message is not None:
+        raise ProjectError(message)
     return array
 
 
