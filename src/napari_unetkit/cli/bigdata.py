@@ -24,6 +24,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from napari_unetkit import bigio
+from napari_unetkit.checks import Problem, raise_problems, whole_number_problem
 
 #: ``--probabilities`` given without a path: into the zarr store / next to each output.
 BESIDE = ""
@@ -96,12 +97,13 @@ def predict_command(args: argparse.Namespace) -> int:
     """Run ``unetkit predict`` for a zarr output, a pattern or folder, or a cluster."""
     from napari_unetkit.cli.commands import CommandError
 
-    if args.workers is not None and args.workers < 1:
-        raise CommandError(f"--workers must be at least 1, got {args.workers}.")
-    if args.chunk_size < 16 or args.block_size < 16 or args.margin < 0:
-        raise CommandError(
-            "--chunk-size and --block-size must be at least 16 and --margin at least 0."
-        )
+    sizes = (
+        ("workers", whole_number_problem(args.workers, "--workers", 1, allow_none=True)),
+        ("chunk_size", whole_number_problem(args.chunk_size, "--chunk-size", 16)),
+        ("block_size", whole_number_problem(args.block_size, "--block-size", 16)),
+        ("margin", whole_number_problem(args.margin, "--margin", 0)),
+    )
+    raise_problems([Problem(field, message) for field, message in sizes if message])
     if args.link_3d:
         raise CommandError(
             "--link-3d needs the whole stack in memory; it works with a TIFF output only."
