@@ -18,6 +18,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from napari_unetkit.checks import number_problem
+
 #: Largest number of (truth, pred) id combinations counted with a dense ``np.bincount``.
 _MAX_DENSE_PAIRS = 1 << 24
 
@@ -86,8 +88,9 @@ def _as_label_image(labels: np.ndarray, name: str) -> np.ndarray:
 
 def _check_threshold(iou_threshold: float) -> None:
     """Reject IoU thresholds outside ``(0, 1]``."""
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+    message = number_problem(iou_threshold, "iou_threshold", 0.0, 1.0, open_low=True)
+    if message is not None:
+        raise ValueError(message)
 
 
 def _ratio(numerator: float, denominator: float, both_empty: bool) -> float:

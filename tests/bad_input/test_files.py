@@ -261,14 +261,14 @@ def test_weightmap_of_an_empty_label_image_writes_nothing(tmp_path, capsys):
     np.save(tmp_path / "labels.npy", np.zeros((0, 16), np.int32))
     line = _cli(capsys, "weightmap", "--labels", tmp_path / "labels.npy", "--out",
                 tmp_path / "w.tif")  # fmt: skip
-    assert "holds no pixels (shape (0, 16))" in line
+    assert "hold no pixels (shape (0, 16))" in line
     assert [p.name for p in tmp_path.iterdir()] == ["labels.npy"]
 
 
 def test_evaluate_float_labels_in_one_sentence(tmp_path, capsys):
     np.save(tmp_path / "f.npy", np.random.default_rng(0).random((8, 8)).astype(np.float32))
     line = _cli(capsys, "evaluate", "--truth", tmp_path / "f.npy", "--pred", tmp_path / "f.npy")
-    assert "holds float32 values, but labels must be integers" in line
+    assert "f.npy: The labels hold float32 values, but labels must be integers" in line
 
 
 def test_settings_are_checked_before_the_data_is_read(tmp_path, capsys):

@@ -27,11 +27,13 @@ from napari_unetkit.checks import (
     MODES,
     InvalidInput,
     image_channels_problem,
+    labels_dtype_problem,
     model_file_name,
     parse_channels,
     predict_problems,
     raise_problems,
     train_problems,
+    weightmap_problems,
     whole_number_problem,
 )
 from napari_unetkit.cli import bigdata as cli_bigdata
@@ -629,8 +631,7 @@ def cmd_weightmap(args: argparse.Namespace) -> int:
     out, target_out = outputs["--out"], outputs["--target"]
     settings = _weightmap_settings(args)
     labels = read_image(args.labels)
-    if labels.size == 0:
-        raise CommandError(f"{args.labels} holds no pixels (shape {labels.shape}).")
+    raise_problems(weightmap_problems(labels))  # the pre-check the Weight-map panel runs
     weights, target = weights_and_target(labels, settings=settings)
     if labels.size and not np.any(labels):
         warnings.warn(
@@ -655,11 +656,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     truth, pred = read_image(args.truth), read_image(args.pred)
     for path, labels in ((args.truth, truth), (args.pred, pred)):
-        if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-            raise CommandError(
-                f"{path} holds {labels.dtype} values, but labels must be integers; save them as "
-                "an integer image (e.g. labels.astype(int))."
-            )
+        message = labels_dtype_problem(labels.dtype)
+        if message is not None:
+            raise CommandError(f"{path}: {message}")
     if truth.shape != pred.shape:
         raise CommandError(f"Shapes differ: truth {truth.shape}, prediction {pred.shape}.")
     scores = evaluate(truth, pred, iou_threshold=args.iou_threshold)
