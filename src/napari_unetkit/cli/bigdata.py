@@ -32,6 +32,8 @@ BESIDE = ""
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """Add the big-data options to the ``predict`` parser."""
+    from napari_unetkit.batch import FORMATS
+
     group = parser.add_argument_group(
         "big data, many files, clusters (see docs/big-data.md)",
         "--out x.zarr or x.ome.zarr writes a chunked OME-Zarr store (any input size; a killed "
@@ -40,7 +42,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--format",
-        choices=("tiff", "zarr"),
+        choices=FORMATS,
         default="tiff",
         help="Output format of each file of a pattern or folder (default tiff).",
     )
