@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from qtpy.QtWidgets import QLabel
 
+from napari_unetkit._napari import train_job
 from napari_unetkit._napari.layers import METADATA_KEY
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.train_inputs import IMAGE_AS_LABELS, annotation_counts
@@ -172,26 +173,34 @@ def tiny_result(score: float | None, stopped_by: str = "cancel") -> TrainResult:
     )
 
 
-def test_a_model_scoring_zero_waits_for_the_users_choice(make_napari_viewer):
+def test_a_model_scoring_zero_waits_for_the_users_choice(make_napari_viewer, monkeypatch, tmp_path):
     viewer = make_napari_viewer()
+    image = np.zeros((32, 32), np.uint8)
+    labels = np.zeros((32, 32), np.int32)
+    image[8:24, 8:24], labels[8:24, 8:24] = 200, 1
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells labels")
     widget = dock(viewer)
+    widget.set_inputs(path=tmp_path / "m.unet")
     assert "held out from training" in widget.score_note
     earlier = TrainedModel(UNet(UNetConfig(depth=1, base_channels=2)), {}, None)
     SESSION.publish(earlier)
-    widget._config = TrainConfig(epochs=50)
-    result = tiny_result(0.0)
-    widget._on_result(result)
+    results = [tiny_result(0.0)]  # what "training" returns, run after run
+    monkeypatch.setattr(train_job, "train", lambda *args, **kwargs: results[-1])
+    widget.start()
+    widget.wait()
     assert SESSION.latest is earlier
     assert "validation F1 is 0" in widget.summary
     assert "Predict panel keeps its model" in widget.summary
     assert widget.can_use_anyway
     widget.use_model_anyway()
-    assert SESSION.latest.model is result.model
+    assert SESSION.latest.model is results[0].model
     assert not widget.can_use_anyway
 
-    good = tiny_result(0.8)
-    widget._on_result(good)
-    assert SESSION.latest.model is good.model and not widget.can_use_anyway
+    results.append(tiny_result(0.8))
+    widget.start()
+    widget.wait()
+    assert SESSION.latest.model is results[1].model and not widget.can_use_anyway
     assert "The Predict panel now uses this model." in widget.summary
 
 
