@@ -51,7 +51,7 @@ def test_2d_instances(nuclei):
     image, labels = nuclei
     data = prepare_training_data([(image, labels)])
     assert (data.n_classes, data.in_channels, data.mode) == (2, 1, "instances")
-    assert data.class_names == ("background", "foreground")
+    assert data.class_names == ("background", "cell")  # the names a trained model stores
     (item,) = data.slices
     check_slice(item, 1, (96, 96))
     assert item.source == (0, ())

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "INSTANCE_CLASS_NAMES",
     "MAX_CLASSES",
     "MODEL_SUFFIX",
     "MODES",
@@ -48,6 +49,8 @@ __all__ = [
 
 #: Labelling modes: separated instances (2 classes) or painted classes ``1..K``.
 MODES = ("instances", "classes")
+#: Names of an instance model's two classes (stored in its description unless others are given).
+INSTANCE_CLASS_NAMES = ("background", "cell")
 #: The most classes a network of this package has. Classes mode paints one label per class,
 #: ``1..K``; more than 64 painted labels are, in practice, instance ids given by mistake, and a
 #: network with more outputs than that is not one this package trains (model files claiming

@@ -33,6 +33,7 @@ import numpy as np
 from napari_unetkit import layout
 from napari_unetkit.augmentation import AugmentationSettings, augment_patch
 from napari_unetkit.checks import (
+    INSTANCE_CLASS_NAMES,
     MAX_CLASSES,
     MODES,
     choice_problem,
@@ -436,7 +437,7 @@ def _resolve_weightmap(weightmap: WeightMapSettings | str | None) -> WeightMapSe
 def _class_names(mode: str, n_classes: int, names: Sequence[str] | None) -> tuple[str, ...]:
     if names is None:
         if mode == "instances":
-            return ("background", "foreground")
+            return INSTANCE_CLASS_NAMES
         return tuple(f"class {k}" for k in range(1, n_classes + 1))
     names = tuple(str(name) for name in names)
     if len(names) != n_classes:
@@ -492,7 +493,8 @@ def prepare_training_data(
     normalization : NormalizationSettings, optional
         Percentiles; default 1 and 99.8, taken over each whole image.
     class_names : sequence of str, optional
-        One name per class (default ``background``/``foreground`` or ``class 1..K``).
+        One name per class (default :data:`~napari_unetkit.checks.INSTANCE_CLASS_NAMES` or
+        ``class 1..K``).
     cancel : threading.Event, optional
         Checked between slices; raises :class:`~napari_unetkit.progress.Cancelled` when set.
     progress : callable, optional

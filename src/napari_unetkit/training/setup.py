@@ -23,6 +23,7 @@ import torch
 
 from napari_unetkit import data as data_module
 from napari_unetkit import lazydata
+from napari_unetkit.checks import INSTANCE_CLASS_NAMES
 from napari_unetkit.device import autocast_dtype
 from napari_unetkit.model import UNet
 from napari_unetkit.modelfile import load_model
@@ -37,7 +38,6 @@ from napari_unetkit.training.events import NOTHING_SAVED, ProgressCallback, Trai
 MIN_AUTO_STEPS, MAX_AUTO_STEPS = 10, 100
 
 #: Class names of instance models.
-INSTANCE_CLASS_NAMES = ("background", "cell")
 
 
 def _requested_class_names(config: TrainConfig) -> list[str] | None:
