@@ -80,7 +80,7 @@ def measure(epochs: int, steps: int) -> dict[str, dict[str, float]]:
     idle = gaps_summary(ticks)
 
     with tempfile.TemporaryDirectory() as folder:
-        settings = widget._settings
+        settings = widget.settings_form
         settings.show_advanced.value = True
         settings.size.value = "small"
         settings.patch_size.value = 128
@@ -88,10 +88,10 @@ def measure(epochs: int, steps: int) -> dict[str, dict[str, float]]:
         settings.epochs.value = epochs
         settings.steps_per_epoch.value = steps
         settings.path.value = Path(folder) / "responsiveness.unet"
-        widget._preview.value = True
-        widget._preview_every.value = 1
+        widget.fields["preview"].value = True
+        widget.fields["preview_every"].value = 1
         ticks.clear()
-        widget._start.native.click()
+        widget.press_start()
         worker = widget.runner.worker
         finished = []
         worker.finished.connect(lambda: finished.append(True))
