@@ -657,7 +657,8 @@ def describe_model(description: Mapping) -> str:
 
     Reads ``mode``, ``class_names``, ``architecture``, ``epochs_trained`` (or the length of
     ``history``), ``metrics.best_validation_score`` / ``best_validation_metric`` /
-    ``best_epoch``, ``data_shapes`` and ``created``; missing entries are left out.
+    ``best_epoch``, ``data_shapes``, ``parent`` (the model it was fine-tuned from) and
+    ``created``; missing entries are left out.
 
     Parameters
     ----------
@@ -719,6 +720,12 @@ def describe_model(description: Mapping) -> str:
         lines.append(f"Training data: {shown}{more}")
     elif shapes is not None:
         lines.append(f"Training data: {shapes}")
+    parent = info.get("parent")
+    if isinstance(parent, dict) and parent.get("file") is not None:
+        text = f"Fine-tuned from: {parent['file']}"
+        if parent.get("created") is not None:
+            text += f" (created {parent['created']})"
+        lines.append(text)
     if info.get("created") is not None:
         lines.append(f"Created: {info['created']}")
     if info.get("package_version") is not None:

@@ -54,6 +54,7 @@ import torch
 from napari_unetkit import data as data_module
 from napari_unetkit.checks import MODES
 from napari_unetkit.device import configure_threads, resolve_device
+from napari_unetkit.model import UNet
 from napari_unetkit.training.config import (
     MAX_BATCH_SIZE,
     MAX_SEED,
@@ -102,6 +103,7 @@ def train(
     validation: Sequence[tuple[Any, Any]] | data_module.TrainingData | None = None,
     regions: Sequence[Any] | None = None,
     resume: str | Path | None = None,
+    init_from: str | Path | tuple[UNet, dict] | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     on_epoch_end: EpochHook | None = None,
@@ -128,8 +130,18 @@ def train(
         Per training pair, ``None`` or a boolean mask of the area where the annotation is
         complete (sparse annotation); outside it pixels are ignored.
     resume : str or pathlib.Path, optional
-        Model file to fine-tune. Its architecture and normalisation are kept (the size settings
-        of ``config`` are ignored, with a note in the description) and its history is extended.
+        Model file of an interrupted run to continue. Its architecture and normalisation are
+        kept (the size settings of ``config`` are ignored, with a note in the description)
+        and its history is extended.
+    init_from : str, pathlib.Path or (UNet, dict), optional
+        A model to fine-tune: a model file, or a loaded ``(model, description)`` pair (copied,
+        never changed). A *new* run starts from its weights, with a fresh optimiser, schedule
+        and history: its architecture, mode, class names, channel choice and normalisation
+        replace those of ``config`` (the data must fit them, else ``ValueError``); the budget
+        and optimiser settings of ``config`` apply. The new description records the model
+        under ``"parent"`` (``file``, ``created``, ``data_name``, ``best_validation_score``,
+        ``epochs_trained``). Not together with ``resume``. See
+        :mod:`napari_unetkit.training.finetune`.
     progress : callable, optional
         Called with a :class:`TrainProgress` after every step, at every epoch end and at each
         stage change. It runs in the training thread: keep it cheap.
@@ -155,7 +167,8 @@ def train(
     Raises
     ------
     ValueError
-        For invalid settings, unusable data, or a resumed model that does not fit the data.
+        For invalid settings, unusable data, a resumed or base model that does not fit the
+        data, or both ``resume`` and ``init_from``.
     napari_unetkit.progress.Cancelled
         Only if ``cancel`` is set before the first training step (while the data is being
         prepared, or before the first step ran); nothing is saved then and the message is
@@ -183,6 +196,7 @@ def train(
             progress=progress,
             cancel=cancel,
             overwrite=overwrite,
+            init_from=init_from,
         )
         return Run(setup, progress, cancel, on_epoch_end).run()
     finally:

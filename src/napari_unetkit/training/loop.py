@@ -359,7 +359,7 @@ class Run:
         s = self.s
         history = s.previous_history + self.history
         summary = s.data.summary()
-        return {
+        description = {
             "mode": self.config.mode,
             "n_classes": s.data.n_classes,
             "class_names": s.class_names,
@@ -404,6 +404,9 @@ class Run:
             "steps_run": self.steps_run,
             "notes": list(s.notes),
         }
+        if s.parent is not None:
+            description["parent"] = s.parent  # the model this run was fine-tuned from
+        return description
 
     def _metric_name(self) -> str:
         return "instance F1 at IoU 0.5" if self.config.mode == "instances" else "mean IoU"

@@ -1,8 +1,9 @@
 """Everything fixed before the first training step (:class:`Setup`), made by :func:`prepare_run`.
 
 :func:`prepare_run` prepares the training data (or checks prepared data), splits off the
-validation slices, loads a model file to continue or builds a new network, checks that a
-resumed model fits the data, and decides autocast (:func:`amp_settings`) and the steps per
+validation slices, loads a model file to continue (``resume``) or to fine-tune from
+(``init_from``, see :mod:`~napari_unetkit.training.finetune`) or builds a new network, checks
+that such a model fits the data, and decides autocast (:func:`amp_settings`) and the steps per
 epoch. A cancel during this raises :class:`~napari_unetkit.progress.Cancelled` with
 :data:`~napari_unetkit.training.events.NOTHING_SAVED`.
 """
@@ -31,6 +32,7 @@ from napari_unetkit.normalization import NormalizationSettings
 from napari_unetkit.progress import Cancelled
 from napari_unetkit.speed.inference import uses_channels_last
 from napari_unetkit.speed.precision import computes_16bit_natively
+from napari_unetkit.training import finetune
 from napari_unetkit.training.config import TrainConfig
 from napari_unetkit.training.events import NOTHING_SAVED, ProgressCallback, TrainProgress
 
@@ -136,10 +138,21 @@ def _split(
     return train_slices, list(val_data.slices)
 
 
-def _check_resume(description: dict, model: UNet, data: data_module.TrainingData, path) -> None:
+def _check_resume(
+    description: dict,
+    model: UNet,
+    data: data_module.TrainingData,
+    path,
+    action: str = "continue training",
+) -> None:
     """Raise a clear ValueError when a model file cannot be fine-tuned on this data."""
     mode = description.get("mode")
     problems = []
+    source = (description.get("channels") or {}).get("of")
+    if source is not None and source != data.source_channels:
+        problems.append(
+            f"it was trained on images with {source} channels, these have {data.source_channels}"
+        )
     if mode is not None and mode != data.mode:
         problems.append(f"it was trained in {mode!r} mode, the data is for {data.mode!r} mode")
     used = (description.get("channels") or {}).get("used")
@@ -156,7 +169,7 @@ def _check_resume(description: dict, model: UNet, data: data_module.TrainingData
             f"it predicts {model.config.n_classes} classes, the labels have {data.n_classes}"
         )
     if problems:
-        raise ValueError(f"Cannot continue training {path}: " + "; ".join(problems) + ".")
+        raise ValueError(f"Cannot {action} {path}: " + "; ".join(problems) + ".")
 
 
 def _resume_notes(config: TrainConfig, model: UNet, path: Any) -> list[str]:
@@ -215,6 +228,7 @@ class Setup:
     class_names: list[str]
     out: Path | None
     overwrite: bool = True
+    parent: dict | None = None
 
 
 def _preparation_reporter(
@@ -239,10 +253,10 @@ def _build_model(
     resumed: tuple[UNet, dict] | None,
     device: torch.device,
 ) -> UNet:
+    torch.manual_seed(config.seed)  # weight initialisation (new models) and dropout
     if resumed is not None:
         model = resumed[0].to(device)
     else:
-        torch.manual_seed(config.seed)
         model = UNet(config.model_config(data.in_channels, data.n_classes)).to(device)
     if uses_channels_last(device):
         # NHWC weights and batches: oneDNN / cuDNN skip reordering every feature map (see
@@ -289,9 +303,19 @@ def prepare_run(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     overwrite: bool,
+    init_from: Any = None,
 ) -> Setup:
     """Prepare and split the data, load or build the model: all that is fixed before step 1."""
+    if resume is not None and init_from is not None:
+        raise ValueError(
+            "Give either resume (continue an interrupted run) or init_from (start a new run "
+            "from a model's weights), not both."
+        )
     resumed = load_model(resume, device=device) if resume is not None else None
+    base = finetune.load_base(init_from, device) if init_from is not None else None
+    if base is not None:
+        config = finetune.fine_tuning_config(config, base[0], base[1])
+        resumed = (base[0], base[1])
     normalization = config.normalization
     if resumed is not None and resumed[1].get("normalization") is not None:
         normalization = NormalizationSettings.from_dict(resumed[1]["normalization"])
@@ -302,12 +326,20 @@ def prepare_run(
         train_slices, val_slices = _split(data, validation, config, data.normalization, cancel)
     except Cancelled:
         raise Cancelled(NOTHING_SAVED) from None
+    except ValueError as error:
+        if base is None:
+            raise
+        # The base model fixed the mode, classes and channels the data did not fit.
+        raise ValueError(f"Cannot fine-tune {base[2]}: {error}") from None
     notes: list[str] = []
     if data.empty_channels:
         notes.append(_empty_channel_note(data))
         warnings.warn(notes[-1][:1].upper() + notes[-1][1:] + ".", UserWarning, stacklevel=3)
     previous_history: list[dict] = []
-    if resumed is not None:
+    if base is not None:
+        _check_resume(base[1], base[0], data, base[2], action="fine-tune")
+        notes.append(f"fine-tuned from {base[2]}")
+    elif resumed is not None:
         _check_resume(resumed[1], resumed[0], data, resume)
         notes = _resume_notes(config, resumed[0], resume)
         history = resumed[1].get("history")
@@ -331,4 +363,5 @@ def prepare_run(
         class_names=_class_names(config, data),
         out=None if out is None else Path(out),
         overwrite=overwrite,
+        parent=None if base is None else finetune.parent_record(base[1], base[2]),
     )
