@@ -8,6 +8,10 @@ Modules
     :mod:`~napari_unetkit.cli.bigdata`
         ``predict`` with zarr outputs, file patterns and folders, ``--workers`` /
         ``--scheduler``; :mod:`~napari_unetkit.cli.commands` hands such commands over to it.
+    :mod:`~napari_unetkit.cli.project`
+        ``train --project`` / ``--init-from`` (correct and retrain) and ``project add``,
+        ``list``, ``remove``; :mod:`~napari_unetkit.cli.commands` hands ``train --project``
+        over to it.
 
 :func:`main` is the console entry point (``unetkit = "napari_unetkit.cli:main"``);
 ``python -m napari_unetkit.cli`` runs the same. Importing this package asks PyTorch for huge

@@ -37,6 +37,7 @@ from napari_unetkit.checks import (
     whole_number_problem,
 )
 from napari_unetkit.cli import bigdata as cli_bigdata
+from napari_unetkit.cli import project as cli_project
 from napari_unetkit.layout import infer_channel_axis
 from napari_unetkit.progress import GENERIC_CANCEL, Cancelled
 from napari_unetkit.weightmap import BORDER_ON, CLASS_BALANCES, DEFAULT_PRESET, PRESETS
@@ -402,8 +403,16 @@ def _read_regions(paths: list[str], pairs: list[tuple], stack: contextlib.ExitSt
     return regions
 
 
-def _training_values(args: argparse.Namespace, channel_axis: int | None) -> dict:
-    """Return the ``TrainConfig`` keyword arguments the options ask for."""
+def _training_values(
+    args: argparse.Namespace, channel_axis: int | None, data_name: str | None = None
+) -> dict:
+    """Return the ``TrainConfig`` keyword arguments the options ask for.
+
+    ``data_name`` defaults to the first image's name, as the napari panel names its data.
+    With ``--init-from`` the trainer replaces what the model fixes (architecture, mode,
+    classes, channels, normalisation); the same default learning rate serves both (measured in
+    benchmarks/annotation_efficiency.py: a quarter of it was not better overall).
+    """
     from napari_unetkit.augmentation import AugmentationSettings
     from napari_unetkit.training import TrainConfig
 
@@ -414,7 +423,7 @@ def _training_values(args: argparse.Namespace, channel_axis: int | None) -> dict
         else (None if args.time_limit is not None else defaults.epochs)
     )
     values = {
-        "mode": args.mode,
+        "mode": args.mode or "instances",
         "epochs": epochs,
         "time_limit": args.time_limit,
         "weightmap": _weightmap_settings(args),
@@ -423,7 +432,7 @@ def _training_values(args: argparse.Namespace, channel_axis: int | None) -> dict
         "device": args.device,
         "seed": args.seed,
         "augmentation": None if args.no_augment else AugmentationSettings(),
-        "data_name": Path(args.image[0]).stem,  # as the napari panel names it: the first image
+        "data_name": data_name or Path(args.image[0]).stem,
     }
     sizes = (
         "patch_size",
@@ -453,16 +462,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from napari_unetkit.lazydata import wants_lazy
-    from napari_unetkit.modelfile import instances_summary
     from napari_unetkit.training import TrainConfig, train
 
+    cli_project.check_train_arguments(args)
+    if args.project is not None:
+        raise_problems(train_problems(_training_values(args, None, data_name="project")))
+        return cli_project.train_project(args, stack)
     out = model_file_name(args.out)
     # Every setting and the model file are checked before any data is read.
     raise_problems(train_problems(_training_values(args, args.channel_axis), out=out))
     out = check_output(out, args.overwrite)
     pairs = _read_pairs(args.image, args.labels, "training", stack)
     if not wants_lazy(pairs):  # lazily read labels are checked slice by slice while training
-        raise_problems(train_problems({"mode": args.mode}, labels=[lab for _, lab in pairs]))
+        mode = args.mode or "instances"
+        raise_problems(train_problems({"mode": mode}, labels=[lab for _, lab in pairs]))
     validation = None
     if args.val_image or args.val_labels:
         validation = _read_pairs(args.val_image, args.val_labels, "validation", stack)
@@ -483,11 +496,20 @@ def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
             validation=validation,
             regions=regions,
             resume=args.resume,
+            init_from=args.init_from,
             progress=_train_progress_printer(display),
             cancel=cancel,
             overwrite=args.overwrite,
         )
     display.show("", force=False)
+    print_training_result(result)
+    return 0
+
+
+def print_training_result(result) -> None:
+    """Print how a training run ended, where the model went and its instance settings."""
+    from napari_unetkit.modelfile import instances_summary
+
     best = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
     print(
         f"Done: {result.epochs_run} epoch(s), {result.steps_run} steps in "
@@ -497,7 +519,6 @@ def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     instances = instances_summary(result.description)
     if instances:
         print(instances)
-    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -725,8 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model.",
     )
     data = train.add_argument_group("data")
-    data.add_argument("--image", action="append", required=True, help="Image (TIFF/.npy/.zarr).")
-    data.add_argument("--labels", action="append", required=True, help="Labels for --image.")
+    data.add_argument("--image", action="append", help="Image (TIFF/.npy/.zarr).")
+    data.add_argument("--labels", action="append", help="Labels for --image.")
     data.add_argument(
         "--region", action="append", help="Annotated-region mask per image (sparse labels)."
     )
@@ -735,9 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--mode",
         choices=MODES,
-        default="instances",
         help="instances: labels are cell ids (default); classes: 1..K are classes, 0 = "
-        "not annotated.",
+        "not annotated. With --init-from: the model's mode.",
     )
     data.add_argument("--channel-axis", type=int, help="Channel axis of colour images.")
     data.add_argument(
@@ -747,9 +767,10 @@ def build_parser() -> argparse.ArgumentParser:
         "green (cytoplasm) of an RGB image with an empty blue (default: all). Prediction "
         "picks the same channels.",
     )
-    train.add_argument("--out", required=True, help="Model file to write (.unet).")
+    train.add_argument("--out", help="Model file to write (.unet).")
     train.add_argument("--overwrite", action="store_true", help="Replace an existing file.")
-    train.add_argument("--resume", help="Model file to continue training from.")
+    train.add_argument("--resume", help="Model file of an interrupted run to continue.")
+    cli_project.add_train_options(train)
     budget = train.add_argument_group("budget")
     budget.add_argument("--epochs", type=int, help="Number of epochs.")
     budget.add_argument("--time-limit", type=float, help="Training time limit in seconds.")
@@ -856,6 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--license", default="CC-BY-4.0", help="SPDX licence (CC-BY-4.0).")
     export.set_defaults(handler=cmd_export)
+
+    cli_project.add_project_command(commands)
 
     demo = commands.add_parser(
         "demo",
