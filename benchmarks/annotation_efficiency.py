@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="peak learning rates of fine-tuning, comma-separated, one loop each (default: "
         "the trainer's default and a quarter of it); scratch runs beside the first",
     )
-    parser.add_argument("--margin", type=int, default=10, help="ring around each correction (px)")
+    parser.add_argument("--margin", type=int, default=30, help="ring around each correction (px)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the scratch comparison")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="threads per dataset")
