@@ -74,9 +74,7 @@ def retrain(qtbot, widget):
 
 
 def predictions(viewer):
-    return [
-        layer for layer in viewer.layers if layer.metadata.get(METADATA_KEY) == "prediction"
-    ]
+    return [layer for layer in viewer.layers if layer.metadata.get(METADATA_KEY) == "prediction"]
 
 
 # -- pure helpers ------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ class RetrainWidget(Container):
         self._predictor = JobRunner("Prediction")
         self._project: Project | None = None
         self._versions: list = []
-        self._outside: list[RecentModel] = []
+        self._outside: list[RecentModel] = recent_models(model_folders())
         self._loaded: dict[tuple, ChosenModel] = {}
         self._alive = True
         self._outcome: Retrained | str | None = None
@@ -239,7 +239,7 @@ class RetrainWidget(Container):
         )
         self._create = PushButton(text="Create project here", visible=False)
         self._about = wrapping_label()
-        self._entries = Select(label="Training set", choices=self._entry_choices)
+        self._entries = Select(choices=self._entry_choices)
         self._entries.native.setMaximumHeight(110)
         self._entries.tooltip = "The corrected slices in the project. Select some to remove them."
         self._remove = PushButton(text="Remove selected")
@@ -300,7 +300,7 @@ class RetrainWidget(Container):
         buttons.margins = (0, 0, 0, 0)
         return [
             *section("Project", self._folder, self._create, self._about),
-            *section("Training set", self._entries, self._remove),
+            *section("Training set", self._entries, self._remove, labels=False),
             *section("Model", self._model),
             *section("Correct", self._image, self._labels, self._region, self._add),
             *section("Retrain", budget_row, self._retrain),
@@ -429,10 +429,15 @@ class RetrainWidget(Container):
         try:
             self._project = Project.open(folder)
         except ProjectError as error:
-            self._create.visible = not folder.exists() or not any(folder.iterdir())
-            self._show_project(str(error))
+            self._create.visible = empty_or_missing(folder)
+            other_files = (
+                ""
+                if self._create.visible or not folder.is_dir()
+                else (" It holds other files: choose an empty folder for a new project.")
+            )
+            self._show_project(f"{error}{other_files}", newest=True)
             return
-        self._show_project(None)
+        self._show_project(None, newest=True)
 
     def create_project(self, *_: object) -> bool:
         """Create a project in the chosen folder (made if missing) and open it; return success."""
@@ -446,23 +451,31 @@ class RetrainWidget(Container):
             self._say(str(error))
             return False
         self._create.visible = False
-        self._show_project(None)
+        self._show_project(None, newest=True)
         return True
 
-    def _show_project(self, problem: str | None) -> None:
-        """Re-read the versions and models, refresh the lists and say what the project holds."""
+    def _show_project(self, problem: str | None, newest: bool = False) -> None:
+        """Re-read the versions, refresh the lists and say what the project holds.
+
+        Parameters
+        ----------
+        problem : str or None
+            Shown instead of the project's summary.
+        newest : bool
+            Make the newest version the current model (a project was opened); otherwise the
+            current choice stays if it still exists.
+        """
         self._versions = []
         if self._project is not None:
             try:
                 self._versions = list(self._project.models())
-            except (ProjectError, OSError) as error:
-                problem = f"The project cannot be read: {error}"
-        self._outside = recent_models(model_folders())
+            except ProjectError as error:
+                problem = str(error)
         previous = self._model.value if self._model.choices else None
         with self._model.changed.blocked():
             self.reset_choices()
             values = [value for _, value in self._model_choices(None)]
-            if previous not in values or previous == SCRATCH:
+            if newest or previous not in values:
                 self._model.value = values[0]  # the newest version, or "from scratch"
         self._about.value = problem if problem is not None else self._project_summary()
 
@@ -530,6 +543,16 @@ class RetrainWidget(Container):
             self._labels.value = labels
         if region is not None:
             self._region.value = region
+
+    @property
+    def image(self) -> Image | None:
+        """The chosen image layer (what Add copies a slice of, and what Predict and Next use)."""
+        return self._image.value
+
+    @property
+    def labels(self) -> Labels | None:
+        """The chosen Labels layer with the corrections (after a prediction: that layer)."""
+        return self._labels.value
 
     @property
     def region(self) -> Layer | None:
@@ -706,6 +729,7 @@ class RetrainWidget(Container):
             return
         result, closed = retrained.result, self._closed_while_running
         self._monitor.finish(end_status(result, self._config, closed))
+        self._outside = recent_models(model_folders())  # a model file may have been added
         self._show_project(None)
         self.current_model = retrained.version.path
         name = retrained.version.name
@@ -880,6 +904,14 @@ class RetrainWidget(Container):
 def _shape(image: Image) -> tuple[tuple[int, ...], int | None]:
     data, channel_axis = image_data(image)
     return tuple(data.shape), channel_axis
+
+
+def empty_or_missing(folder: Path) -> bool:
+    """Whether ``folder`` does not exist or is an empty folder (a project may be created)."""
+    try:
+        return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    except OSError:
+        return False
 
 
 def fits(image: Image, labels: Layer) -> bool:
