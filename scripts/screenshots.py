@@ -384,7 +384,9 @@ def correct_and_retrain(viewer, out: Path, home: Path) -> None:
     viewer.dims.set_point(0, 0)
     print(f"Painted {len(np.unique(painted[0])) - 1} cells inside the checked area of image 0.")
     widget = dock(viewer, "Correct and retrain")
-    widget.base_config = TrainConfig(base_channels=8, seed=0)  # the "small" network
+    # The "small" network; one thread: on a machine shared with other work, two threads wait
+    # for each other far longer than one computes.
+    widget.base_config = TrainConfig(base_channels=8, seed=0, threads=1)
     widget.set_budget(LOOP_EPOCHS, "epochs")
     widget.open_project(home / "my-project")  # typed (or chosen in the folder dialog)
     assert widget.create_project(), widget.message

@@ -300,3 +300,36 @@ def test_stop_during_training_keeps_the_best_model(make_napari_viewer, qtbot, st
     assert [v.name for v in widget.versions] == ["v001"]
     assert Project.open(tmp_path / "p").latest_model().name == "v001"
     assert [layer.name for layer in predictions(viewer)] == ["cells · v001"]
+
+
+def test_next_goes_on_to_the_next_image_layer(make_napari_viewer, stack, tmp_path):
+    viewer = make_napari_viewer()
+    first = viewer.add_image(stack[0][0], name="first")
+    second = viewer.add_image(stack[0][1], name="second")
+    widget = dock(viewer)
+    widget.open_project(tmp_path / "p")
+    assert widget.create_project()
+    widget.choose(image=first)
+    assert widget.next() is None  # moved on, but there is no model to predict with yet
+    assert widget.image is second
+    assert second.visible and not first.visible
+    assert "no model yet" in widget.message
+    assert widget.next() is None
+    assert widget.image is second
+    assert widget.message == "'second' is the last image: open more images to go on."
+
+
+def test_entries_can_be_removed(make_napari_viewer, stack, tmp_path):
+    viewer = make_napari_viewer()
+    image, painted = add_stack(viewer, stack, painted_slices=(0, 1))
+    widget = dock(viewer)
+    widget.open_project(tmp_path / "p")
+    assert widget.create_project()
+    widget.choose(image=image, labels=painted)
+    kept = widget.add_to_training_set()
+    viewer.dims.set_point(0, 1)
+    removed = widget.add_to_training_set()
+    assert [e.source for e in widget.entries] == ["cells slice 0", "cells slice 1"]
+    widget.remove_entries([removed.id])
+    assert [e.id for e in widget.entries] == [kept.id]
+    assert widget.message == "Removed 1 slice from the training set."

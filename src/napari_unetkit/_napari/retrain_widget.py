@@ -1,23 +1,24 @@
 """The "Correct and retrain" panel: predict, correct, add to the training set, retrain, next.
 
-The loop, top to bottom in the panel:
+The panel, top to bottom:
 
 1. **Project**: the one folder the loop lives in (chosen once with the folder dialog, remembered
    across napari restarts): the training set (copies of corrected images, labels and checked
    regions) and every model version (:class:`napari_unetkit.project.Project`).
-2. **Model**: the current version (any earlier one can be chosen again; a model file from the
-   models folder can be the starting point; with none the first round trains from scratch).
-3. **Correct**: the image, the Labels layer holding the corrected prediction (or cells painted
-   by hand) and, optionally, the region the user checked (unchecked areas are ignored by the
-   loss). "Add to training set" copies the visible slice of each into the project; the user's
-   layers are never changed.
-4. **Retrain**: fine-tunes the current version on the whole set for a short budget, with the
+2. **Training set**: its entries; selected ones can be removed.
+3. **Predict**: the current model (the newest version; any earlier one can be chosen again, a
+   model file of the models folder can be the starting point, with none the first round trains
+   from scratch) and the image. "Predict" predicts the visible slice; "Next" first moves to
+   the next slice of the stack (or the next image layer).
+4. **Correct**: the Labels layer holding the corrected prediction (or cells painted by hand)
+   and, optionally, the region the user checked (unchecked areas are ignored by the loss).
+   "Add to training set" copies the visible slice of the image, labels and region into the
+   project; the user's layers are never changed. Below it, the panel's messages.
+5. **Retrain**: fine-tunes the current version on the whole set for a short budget, with the
    Train panel's progress bar, status line and live plot
    (:class:`~napari_unetkit._napari.train_monitor.TrainingMonitor`); Stop keeps the best model
    so far (Stop before the first step saves nothing). The best model becomes the project's
    next version and the current one, and the visible slice is predicted again with it.
-5. **Predict / Next**: predict the visible slice with the current version; Next first moves to
-   the next slice of the stack (or the next image layer).
 
 Every prediction is a new Labels layer named ``"<image> · <version>"`` whose metadata says which
 model version made it (:data:`~napari_unetkit._napari.layers.METADATA_KEY` ``"prediction"``,
@@ -301,19 +302,18 @@ class RetrainWidget(Container):
         return [
             *section("Project", self._folder, self._create, self._about),
             *section("Training set", self._entries, self._remove, labels=False),
-            *section("Model", self._model),
-            *section("Correct", self._image, self._labels, self._region, self._add),
+            *section("Predict", self._model, self._image, buttons),
+            *section("Correct", self._labels, self._region, self._add),
+            self._message,
             *section("Retrain", budget_row, self._retrain),
             self._monitor,
             self._summary,
-            *section("Predict", buttons, labels=False),
-            self._message,
         ]
 
     def _connect(self) -> None:
         self._folder.changed.connect(self._open_chosen_folder)
         self._create.changed.connect(self.create_project)
-        self._remove.changed.connect(lambda: self.remove_entries(self._entries.value))
+        self._remove.changed.connect(self._remove_selected)
         self._image.changed.connect(self._match_labels)
         self._add.changed.connect(self.add_to_training_set)
         self._retrain.changed.connect(self._retrain_or_stop)
@@ -615,6 +615,9 @@ class RetrainWidget(Container):
             return "Choose the Labels layer with your corrections (add one and paint cells)."
         return image_dtype_problem(image)
 
+    def _remove_selected(self, *_: object) -> None:
+        self.remove_entries(self._entries.value)
+
     def remove_entries(self, ids) -> None:
         """Take the entries with these ids out of the training set."""
         if self._project is None or not ids:
@@ -762,6 +765,7 @@ class RetrainWidget(Container):
         """
         image = self._image.value
         if self._predictor.running:
+            self._say("A prediction is running: wait for it to finish.")
             return None
         problem = self._predict_problem(image)
         index = None if problem else self._slice_of(image)
@@ -875,14 +879,18 @@ class RetrainWidget(Container):
             return None
         index = self._slice_of(image)
         sizes = layout.slice_index_shape(*_shape(image))
-        following = next_index(sizes, index) if index is not None else None
+        if index is None:
+            self._say(f"The viewer shows no slice of {image.name!r}: switch to 2D, move onto it.")
+            return None
+        following = next_index(sizes, index)
         if following is not None:
             self._show_slice(image, following)
         else:
             layers = [layer for _, layer in self._image_choices(None)]
             later = layers[layers.index(image) + 1 :] if image in layers else []
             if not later:
-                self._say(f"{image.name!r} was the last slice of the last image layer.")
+                last = "the last slice of the last image" if sizes else "the last image"
+                self._say(f"{image.name!r} is {last}: open more images to go on.")
                 return None
             self._show_only(later[0])
             self._image.value = later[0]
