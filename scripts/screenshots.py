@@ -417,7 +417,8 @@ def correct_and_retrain(viewer, out: Path, home: Path) -> None:
         layer = widget.labels
         rows, cols = slice(top, bottom), slice(left, right)
         fixed = wrong_objects(truths[index, rows, cols], layer.data[index, rows, cols])
-        print(f"{layer.name}: image {index}, {fixed} objects to correct in the checked area.")
+        objects = f"{fixed} object{'s' if fixed != 1 else ''}"
+        print(f"{layer.name}: image {index}, {objects} to correct in the checked area.")
         if round_number == 0:
             show_only(viewer, "my images", layer.name, "checked area")
             scroll(widget, "top")
