@@ -52,14 +52,18 @@ from napari_unetkit._napari.layers import (
     region_mask,
     unique_name,
 )
-from napari_unetkit._napari.model_chooser import RecentModel, model_folders, recent_models
-from napari_unetkit._napari.predict_widget import (
+from napari_unetkit._napari.model_chooser import (
     ChosenModel,
+    RecentModel,
+    file_key,
+    load_model_file,
+    model_folders,
+    recent_models,
+)
+from napari_unetkit._napari.predict_widget import (
     PredictSettings,
     RunContext,
     channel_problem,
-    file_key,
-    load_model_file,
     prediction_job,
     visible_slice,
 )
