@@ -110,6 +110,10 @@ def test_a_correction_is_a_copy_of_the_visible_slice(stack):
     np.testing.assert_array_equal(one_slice.labels, truth[2])
     with pytest.raises(ValueError, match=r"needs labels of shape \(3, 64, 64\)"):
         take_correction(Image(image), Labels(np.zeros((5, 5), np.int32), name="x"), None, (0,))
+    rgb = np.stack([image[0], image[1], image[2]], axis=-1)  # (Y, X, 3)
+    colour = take_correction(Image(rgb, rgb=True), Labels(truth[0].copy()), None, ())
+    assert colour.channel_axis == 0
+    np.testing.assert_array_equal(colour.image, np.moveaxis(rgb, -1, 0))
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -333,3 +337,21 @@ def test_entries_can_be_removed(make_napari_viewer, stack, tmp_path):
     widget.remove_entries([removed.id])
     assert [e.id for e in widget.entries] == [kept.id]
     assert widget.message == "Removed 1 slice from the training set."
+
+
+def test_closing_the_viewer_stops_retraining(make_napari_viewer, qtbot, stack, tmp_path):
+    viewer = make_napari_viewer()
+    image, painted = add_stack(viewer, stack)
+    widget = dock(viewer)
+    widget.set_budget(1000, "epochs")
+    widget.open_project(tmp_path / "p")
+    assert widget.create_project()
+    widget.choose(image=image, labels=painted)
+    assert widget.add_to_training_set() is not None
+    worker = widget.retrain()
+    qtbot.waitUntil(lambda: widget.epochs_shown >= 1, timeout=TIMEOUT_MS)
+    with qtbot.waitSignal(worker.finished, timeout=30_000):  # listen before closing
+        viewer.close()
+    project = Project.open(tmp_path / "p")
+    # The training thread stops by itself and its best model becomes a version.
+    qtbot.waitUntil(lambda: [v.name for v in project.models()] == ["v001"], timeout=30_000)
