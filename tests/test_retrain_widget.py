@@ -226,7 +226,8 @@ def test_a_deleted_project_folder_gives_a_message(make_napari_viewer, stack, tmp
     shutil.rmtree(tmp_path / "p")
     assert widget.add_to_training_set() is None
     assert "no longer exists" in widget.message
-    assert widget.retrain() is None  # the set cannot be read: nothing to train on
+    assert widget.retrain() is None
+    assert "no longer exists" in widget.message
     assert widget.entries == []
 
 

@@ -687,7 +687,12 @@ class RetrainWidget(Container):
         if self._project is None:
             self._say("Open or create a project first (Project folder).")
             return None
-        if not self.entries:
+        try:
+            count = len(self._project.entries())
+        except ProjectError as error:  # the folder was deleted, or its manifest damaged
+            self._say(str(error))
+            return None
+        if not count:
             self._say("The training set is empty: correct a prediction (or paint cells) and Add.")
             return None
         init_from = self.current_model
@@ -706,7 +711,7 @@ class RetrainWidget(Container):
         start = (
             "Fine-tuning " + self.version_name(init_from) if init_from else "Training from scratch"
         )
-        self._say(f"{start} on {len(self.entries)} corrected slices…")
+        self._say(f"{start} on {count} corrected slice{'s' if count != 1 else ''}…")
         self._set_running(True)
         parent = self._version_of(init_from)
         worker = self._trainer.start(
@@ -740,8 +745,9 @@ class RetrainWidget(Container):
         self._show_project(None)
         self.current_model = retrained.version.path
         name = retrained.version.name
-        text = summary_text(result, self._config.mode, self._config, closed).splitlines()
-        self._summary.value = "\n".join([*text[:-1], f"It is the project's model {name}."])
+        lines = summary_text(result, self._config.mode, self._config, closed).splitlines()
+        lines = [line for line in lines if "Predict panel" not in line]  # it always gets it
+        self._summary.value = "\n".join([*lines, f"It is the project's model {name}."])
         SESSION.publish(TrainedModel(result.model, result.description, retrained.version.path))
         show_info(f"{end_status(result, self._config, closed)} New model version: {name}.")
 
