@@ -914,9 +914,13 @@ class RetrainWidget(Container):
             self._viewer.dims.set_point(offset + axis, world)
 
     def _show_only(self, image: Image) -> None:
-        """Show ``image`` instead of the other images the panel lists."""
+        """Show ``image`` instead of the other images, and hide predictions of other images."""
         for _, layer in self._image_choices(None):
             layer.visible = layer is image
+        for layer in self._viewer.layers:
+            meta = layer.metadata
+            if meta.get(METADATA_KEY) == PREDICTION_KIND and meta.get("image") != image.name:
+                layer.visible = False
 
 
 def _shape(image: Image) -> tuple[tuple[int, ...], int | None]:
