@@ -1,5 +1,6 @@
 """The "Correct and retrain" panel in real viewers: add, retrain, re-predict, next, reopen."""
 
+import errno
 import os
 import shutil
 import stat
@@ -250,6 +251,26 @@ def test_a_read_only_project_gives_a_message(make_napari_viewer, stack, tmp_path
         assert "read-only" in widget.message
     finally:
         folder.chmod(mode)
+
+
+def test_a_refused_write_gives_a_message_also_as_root(
+    make_napari_viewer, stack, tmp_path, monkeypatch
+):
+    """What the OS says for a read-only folder, raised where the project checks it can write."""
+    viewer = make_napari_viewer()
+    image, painted = add_stack(viewer, stack)
+    widget = dock(viewer)
+    widget.open_project(tmp_path / "p")
+    assert widget.create_project()
+    widget.choose(image=image, labels=painted)
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("napari_unetkit.project.check_writable", refuse)
+    assert widget.add_to_training_set() is None
+    assert "read-only (permission denied)" in widget.message
+    assert widget.entries == []
 
 
 def test_the_project_is_created_only_when_asked(make_napari_viewer, tmp_path):
