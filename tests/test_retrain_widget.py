@@ -17,6 +17,10 @@ from napari_unetkit._napari.retrain_widget import (
     round_config,
     take_correction,
 )
+from napari_unetkit._napari.session import SESSION, TrainedModel
+from napari_unetkit._napari.settings import save_widget_settings
+from napari_unetkit.model import UNet, UNetConfig
+from napari_unetkit.modelfile import load_model, save_model
 from napari_unetkit.project import Project
 from napari_unetkit.synthetic import synthetic_stack
 from napari_unetkit.training import TrainConfig
@@ -377,3 +381,27 @@ def test_closing_the_viewer_stops_retraining(make_napari_viewer, qtbot, stack, t
     project = Project.open(tmp_path / "p")
     # The training thread stops by itself and its best model becomes a version.
     qtbot.waitUntil(lambda: [v.name for v in project.models()] == ["v001"], timeout=30_000)
+
+
+def test_a_model_trained_elsewhere_is_a_starting_point(make_napari_viewer, qtbot, stack, tmp_path):
+    viewer = make_napari_viewer()
+    image, painted = add_stack(viewer, stack)
+    widget = dock(viewer)
+    widget.open_project(tmp_path / "p")
+    assert widget.create_project()
+    assert widget.current_model is None  # no version: from scratch
+    # The Train panel saves a model into its models folder and hands it over.
+    folder = tmp_path / "models"
+    folder.mkdir()
+    save_widget_settings("train", {"path": str(folder / "cells.unet")})
+    network = UNet(UNetConfig(depth=2, base_channels=4))
+    base = save_model(folder / "cells.unet", network, {"mode": "instances"})
+    SESSION.publish(TrainedModel(*load_model(base), base))
+    widget.current_model = base  # offered as "file: cells.unet ..."
+    assert widget.version_name(widget.current_model) == "cells"
+    widget.choose(image=image, labels=painted)
+    assert widget.add_to_training_set() is not None, widget.message
+    retrain(qtbot, widget)
+    [version] = widget.versions
+    assert version.parent is None and version.base == str(base)
+    assert widget.current_model == version.path

@@ -28,6 +28,7 @@ go into the same layer, as long as that slice of it is still empty.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -323,6 +324,7 @@ class RetrainWidget(Container):
         self._retrain.changed.connect(self._retrain_or_stop)
         self._predict.changed.connect(self.predict)
         self._next.changed.connect(self.next)
+        SESSION.changed.connect(self._on_session_model)
         self.native.destroyed.connect(self._closed)
         self._undock_watch = UndockWatch(self.native, self._stop_if_running)
 
@@ -331,6 +333,14 @@ class RetrainWidget(Container):
         self._alive = False
         self._trainer.cancel()
         self._predictor.cancel()
+        with contextlib.suppress(ValueError, RuntimeError):
+            SESSION.changed.disconnect(self._on_session_model)
+
+    def _on_session_model(self, *_: object) -> None:
+        """Offer the file of a model just trained (e.g. in the Train panel) as a starting point."""
+        if self._alive:
+            self._outside = recent_models(model_folders())
+            self._show_project(None if self._project is not None else self._about.value)
 
     def _stop_if_running(self) -> None:
         if self._alive and self._trainer.running:
@@ -741,7 +751,6 @@ class RetrainWidget(Container):
             return
         result, closed = retrained.result, self._closed_while_running
         self._monitor.finish(end_status(result, self._config, closed))
-        self._outside = recent_models(model_folders())  # a model file may have been added
         self._show_project(None)
         self.current_model = retrained.version.path
         name = retrained.version.name
