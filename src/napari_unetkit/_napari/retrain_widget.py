@@ -64,7 +64,7 @@ from napari_unetkit._napari.model_chooser import (
 from napari_unetkit._napari.predict_widget import (
     PredictSettings,
     RunContext,
-    channel_problem,
+    image_problems,
     prediction_job,
     visible_slice,
 )
@@ -76,6 +76,7 @@ from napari_unetkit._napari.train_monitor import TrainingMonitor
 from napari_unetkit._napari.train_widget import end_status, summary_text
 from napari_unetkit.modelfile import ModelFileError
 from napari_unetkit.prediction import PredictionResult
+from napari_unetkit.progress import JobStarted, SliceProgress
 from napari_unetkit.project import Entry, ModelVersion, Project, ProjectError
 from napari_unetkit.training import TrainConfig
 
@@ -797,7 +798,7 @@ class RetrainWidget(Container):
             except (ModelFileError, OSError) as error:
                 problem = str(error)
         if problem is None:
-            problem = channel_problem(image, chosen.in_channels)
+            problem = next((found.message for found in image_problems(image, chosen)), None)
         if problem is not None:
             self._say(problem)
             return None
@@ -827,9 +828,14 @@ class RetrainWidget(Container):
         return image_dtype_problem(image)
 
     @staticmethod
-    def _on_prediction_event(event: tuple, context: RunContext) -> None:
-        if event[0] == "start":
-            context.device = event[1]
+    def _on_prediction_event(
+        event: JobStarted | SliceProgress, context: RunContext
+    ) -> tuple[int, int] | None:
+        """Note the device; return the progress in hundredths of slices for the job runner."""
+        if isinstance(event, JobStarted):
+            context.device = event.device
+            return None
+        return round(100 * event.done), 100 * event.total
 
     def _show_prediction(
         self, result: PredictionResult, context: RunContext, index: tuple[int, ...], version: str
