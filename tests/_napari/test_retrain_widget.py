@@ -11,12 +11,8 @@ import pytest
 from napari.layers import Image, Labels
 
 from napari_unetkit._napari.layers import METADATA_KEY
-from napari_unetkit._napari.retrain_widget import (
-    RetrainWidget,
-    next_index,
-    round_config,
-    take_correction,
-)
+from napari_unetkit._napari.retrain_parts import next_index, round_config, take_correction
+from napari_unetkit._napari.retrain_widget import RetrainWidget
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.settings import save_widget_settings
 from napari_unetkit.model import UNet, UNetConfig
