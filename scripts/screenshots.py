@@ -18,6 +18,16 @@ sets their fields, presses their buttons and waits for the real work to finish:
   rectangle (a Shapes layer) chosen as the annotated region of the training pair.
 - ``napari-stack.png``: the 3D sample predicted slice by slice with the same model, with
   instances linked across slices.
+- ``napari-retrain-add.png``, ``napari-retrain-round.png``, ``napari-retrain-next.png``: the
+  "Correct and retrain" loop on a stack of unseen images (:func:`correct_and_retrain`): about
+  15 cells painted inside a checked rectangle of the first image, a first model trained from
+  scratch, then three rounds of Next, correct (the truth pasted into the prediction inside the
+  rectangle, as a user paints), Add, Retrain. The script prints how many objects each round
+  corrected and every version's F1 on held-out images (the table in
+  docs/correct-and-retrain.md).
+
+``--only NAME ...`` takes only some groups of pictures (``menus``, ``train`` (also needed by
+``predict``), ``predict``, ``weightmap``, ``sparse``, ``stack``, ``retrain``).
 
 The plugin's settings, the model file and napari's own preferences go to a temporary home
 folder, so yours are neither used nor changed. Training is seeded and limited by epochs, not
@@ -43,6 +53,12 @@ DOCK_WIDTH = 440
 MODEL_SIZE, EPOCHS = "small", 8
 #: PNGs larger than this are reduced to 256 colours.
 MAX_BYTES = 400_000
+#: The loop's images: LOOP_IMAGES corrected one per round, LOOP_HELD_OUT more to score versions.
+LOOP_IMAGES, LOOP_HELD_OUT = 5, 3
+#: The checked rectangle of the loop (top, left, bottom, right), on every image.
+CHECKED = (16, 16, 144, 144)
+#: Epochs of every round of the loop (seeded, so that every run shows the same rounds).
+LOOP_EPOCHS = 6
 #: Longest wait for one training or prediction, in seconds.
 TIMEOUT = 900
 PLUGIN = "napari-unetkit"
@@ -176,7 +192,7 @@ def undock(viewer, widget) -> None:
 
 
 def scroll(widget, where: str) -> None:
-    """Scroll the Train widget's panel to its ``"top"`` or its ``"bottom"``."""
+    """Scroll a panel (Train, Correct and retrain) to its ``"top"`` or its ``"bottom"``."""
     bar = widget.scroll_area.verticalScrollBar()
     bar.setValue(bar.minimum() if where == "top" else bar.maximum())
 
@@ -307,10 +323,124 @@ def stack(viewer, out: Path) -> None:
     undock(viewer, widget)
 
 
+def loop_data():
+    """Return a stack of independent synthetic images and their true labels (the loop's data)."""
+    import numpy as np
+
+    from napari_unetkit.synthetic import synthetic_nuclei
+
+    pairs = [synthetic_nuclei(shape=(256, 256), seed=200 + i) for i in range(8)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def held_out_f1(path: Path, images, truths) -> float:
+    """Mean instance F1 (IoU 0.5) of the model file ``path`` on held-out images."""
+    from napari_unetkit.metrics import match_instances
+    from napari_unetkit.modelfile import load_model
+    from napari_unetkit.prediction import Predictor
+
+    model, description = load_model(path)
+    labels = Predictor(model, description).predict(images).labels
+    return sum(match_instances(t, p).f1 for t, p in zip(truths, labels, strict=True)) / len(truths)
+
+
+def wrong_objects(truth, predicted) -> int:
+    """How many true objects the prediction misses at IoU 0.5 (what a user has to fix)."""
+    from napari_unetkit.metrics import match_instances
+
+    found = match_instances(truth, predicted)
+    return int(found.n_true - found.tp) + int(found.n_pred - found.tp)
+
+
+def wait_for_panel(widget) -> None:
+    """Wait until the Correct-and-retrain panel's training and prediction have ended."""
+    wait_until(lambda: not widget.trainer.running, TIMEOUT, "the end of retraining")
+    wait(300)
+    wait_until(lambda: not widget.predictor.running, TIMEOUT, "the prediction")
+    wait(300)
+
+
+def correct_and_retrain(viewer, out: Path, home: Path) -> None:
+    """The loop on unseen images: paint, train, then three rounds of next, correct, retrain."""
+    import numpy as np
+
+    from napari_unetkit.training import TrainConfig
+
+    viewer.layers.clear()
+    images, truths = loop_data()
+    stack = viewer.add_image(images[:LOOP_IMAGES], name="my images")
+    top, left, bottom, right = CHECKED
+    painted = np.zeros_like(truths[:LOOP_IMAGES])  # the cells painted inside the rectangle
+    painted[0, top:bottom, left:right] = truths[0, top:bottom, left:right]
+    labels = viewer.add_labels(painted, name="painted cells")
+    area = viewer.add_shapes(
+        [np.array([[top, left], [bottom, right]])],
+        shape_type="rectangle",
+        name="checked area",
+        face_color="transparent",
+        edge_color="yellow",
+        edge_width=2,
+    )
+    viewer.dims.set_point(0, 0)
+    print(f"Painted {len(np.unique(painted[0])) - 1} cells inside the checked area of image 0.")
+    widget = dock(viewer, "Correct and retrain")
+    # The "small" network; one thread: on a machine shared with other work, two threads wait
+    # for each other far longer than one computes.
+    widget.base_config = TrainConfig(base_channels=8, seed=0, threads=1)
+    widget.set_budget(LOOP_EPOCHS, "epochs")
+    widget.open_project(home / "my-project")  # typed (or chosen in the folder dialog)
+    assert widget.create_project(), widget.message
+    widget.choose(image=stack, labels=labels, region=area)
+    assert widget.add_to_training_set() is not None, widget.message
+    viewer.layers.selection.active = labels
+    save(viewer, out / "napari-retrain-add.png")
+    held_images, held_truths = images[LOOP_IMAGES:], truths[LOOP_IMAGES:]
+    scores = []
+    for round_number in range(4):
+        assert widget.retrain() is not None, widget.message
+        wait_for_panel(widget)
+        print(widget.summary.replace("\n", " "))
+        version = widget.versions[-1]
+        scores.append(
+            (version.name, len(widget.entries), held_out_f1(version.path, held_images, held_truths))
+        )
+        print(f"{version.name}: trained on {scores[-1][1]} images, held-out F1 {scores[-1][2]:.3f}")
+        if round_number == 2:
+            show_only(viewer, "my images", widget.labels.name, "checked area")
+            scroll(widget, "bottom")
+            save(viewer, out / "napari-retrain-round.png")
+        if round_number == 3:
+            break
+        assert widget.next() is not None, widget.message
+        wait_for_panel(widget)
+        index = viewer.dims.current_step[0]
+        layer = widget.labels
+        rows, cols = slice(top, bottom), slice(left, right)
+        fixed = wrong_objects(truths[index, rows, cols], layer.data[index, rows, cols])
+        objects = f"{fixed} object{'s' if fixed != 1 else ''}"
+        print(f"{layer.name}: image {index}, {objects} to correct in the checked area.")
+        if round_number == 0:
+            show_only(viewer, "my images", layer.name, "checked area")
+            scroll(widget, "top")
+            save(viewer, out / "napari-retrain-next.png")
+        layer.data[index, rows, cols] = truths[index, rows, cols]  # what painting does
+        layer.refresh()
+        assert widget.add_to_training_set() is not None, widget.message
+    print("version | images in the training set | held-out F1")
+    for name, count, f1 in scores:
+        print(f"{name} | {count} | {f1:.3f}")
+    undock(viewer, widget)
+
+
+GROUPS = ("menus", "train", "predict", "weightmap", "sparse", "stack", "retrain")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=GROUPS)
     args = parser.parse_args()
+    only = set(args.only)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     home = isolate_settings()
@@ -320,14 +450,22 @@ def main() -> int:
         viewer = napari.Viewer(show=True)
         viewer.window.resize(*WINDOW)
         wait(300)
-        menus(viewer, out)
+        if "menus" in only:
+            menus(viewer, out)
         viewer.open_sample(PLUGIN, "nuclei_2d")  # File > Open Sample > U-Net Kit
         viewer.reset_view()
-        train(viewer, out)
-        predict(viewer, out)
-        weight_map(viewer, out)
-        sparse(viewer, out)
-        stack(viewer, out)
+        if {"train", "predict"} & only:
+            train(viewer, out)
+        if "predict" in only:
+            predict(viewer, out)
+        if "weightmap" in only:
+            weight_map(viewer, out)
+        if "sparse" in only:
+            sparse(viewer, out)
+        if "stack" in only:
+            stack(viewer, out)
+        if "retrain" in only:
+            correct_and_retrain(viewer, out, home)
         viewer.close()
     finally:
         shutil.rmtree(home, ignore_errors=True)

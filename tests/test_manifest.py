@@ -20,7 +20,12 @@ def test_manifest_is_found_with_its_contributions():
     found = manifest()
     assert found.display_name == "U-Net Kit"
     widget_names = {widget.display_name for widget in found.contributions.widgets}
-    assert widget_names == {"Train U-Net", "Predict with U-Net", "Boundary weight map"}
+    assert widget_names == {
+        "Train U-Net",
+        "Predict with U-Net",
+        "Correct and retrain",
+        "Boundary weight map",
+    }
     assert found.contributions.sample_data
     assert "Segmentation" in found.categories
 

@@ -7,8 +7,14 @@ import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
-from napari_unetkit._napari.panels import PredictPanel, TrainPanel, loading_feedback
+from napari_unetkit._napari.panels import (
+    PredictPanel,
+    RetrainPanel,
+    TrainPanel,
+    loading_feedback,
+)
 from napari_unetkit._napari.predict_widget import PredictWidget
+from napari_unetkit._napari.retrain_widget import RetrainWidget
 from napari_unetkit._napari.train_widget import TrainWidget
 
 pytestmark = pytest.mark.gui
@@ -28,8 +34,10 @@ def test_napari_menus_pass_the_viewer_and_dock_the_real_panels(make_napari_viewe
 
     assert _get_widget_viewer_param(TrainPanel, "Train U-Net") == "viewer"
     assert _get_widget_viewer_param(PredictPanel, "Predict with U-Net") == "viewer"
+    assert _get_widget_viewer_param(RetrainPanel, "Correct and retrain") == "viewer"
     viewer = make_napari_viewer()
     assert isinstance(TrainPanel(viewer), TrainWidget)
+    assert isinstance(RetrainPanel(viewer), RetrainWidget)
     _, widget = viewer.window.add_plugin_dock_widget("napari-unetkit", "Predict with U-Net")
     assert isinstance(widget, PredictWidget)
 

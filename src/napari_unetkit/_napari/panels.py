@@ -1,12 +1,12 @@
 """The manifest's entry points of the panels that need PyTorch: feedback first, then the panel.
 
 napari imports a widget's module when its menu entry is clicked, before any code of the plugin
-runs. The Train and Predict panels need PyTorch, whose first import takes seconds (about 9 s
-from a cold disk), and napari would show nothing meanwhile. The manifest therefore names the
-light classes below: napari calls one with the viewer, it shows a wait cursor and a status
-message, and only then imports and builds the real panel, which it returns in its place
-(``__new__`` returns the real panel, so napari docks exactly that widget). This module must
-not import torch or the heavy widget modules.
+runs. The Train, Predict and Correct-and-retrain panels need PyTorch, whose first import takes
+seconds (about 9 s from a cold disk), and napari would show nothing meanwhile. The manifest
+therefore names the light classes below: napari calls one with the viewer, it shows a wait
+cursor and a status message, and only then imports and builds the real panel, which it
+returns in its place (``__new__`` returns the real panel, so napari docks exactly that
+widget). This module must not import torch or the heavy widget modules.
 """
 
 from __future__ import annotations
@@ -78,6 +78,16 @@ class PredictPanel(Container):
 
     def __new__(cls, viewer: napari.viewer.Viewer) -> Widget:
         return open_panel(viewer, "predict_widget", "PredictWidget", "Predict with U-Net")
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:  # napari reads this signature
+        super().__init__()  # never runs: __new__ returns another class's instance
+
+
+class RetrainPanel(Container):
+    """Entry point of "Correct and retrain": returns a :class:`~.retrain_widget.RetrainWidget`."""
+
+    def __new__(cls, viewer: napari.viewer.Viewer) -> Widget:
+        return open_panel(viewer, "retrain_widget", "RetrainWidget", "Correct and retrain")
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:  # napari reads this signature
         super().__init__()  # never runs: __new__ returns another class's instance

@@ -3,8 +3,8 @@
 Layout, top to bottom: what the labels mean (instances / classes); the training pairs (image,
 labels, optional annotated region; "Add pair" for more); the settings (advanced ones folded
 away); the live preview option; a message saying what is missing; one Start / Stop button; a
-progress bar, a status line, a live plot of the losses and the validation score; the summary
-of the finished run.
+progress bar, a status line, a live plot of the losses and the validation score (the
+:class:`~napari_unetkit._napari.train_monitor.TrainingMonitor`); the summary of the finished run.
 
 Training runs in a napari thread worker (:class:`~napari_unetkit._napari.jobs.JobRunner`) on
 copies of the layer data, so the viewer stays usable (and paintable) meanwhile. Stop keeps the
@@ -14,21 +14,17 @@ best model so far. The model file is never written over: an existing name gets a
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
-from napari.utils.theme import get_theme
-from qtpy.QtCore import QEvent, QObject, QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QWidget
 
 from napari_unetkit import layout
+from napari_unetkit._napari.dock_parts import UndockWatch, scroll_body, wrapping_label
 from napari_unetkit._napari.jobs import JobRunner, error_message
 from napari_unetkit._napari.layers import (
     METADATA_KEY,
@@ -44,100 +40,20 @@ from napari_unetkit._napari.settings import remember
 from napari_unetkit._napari.surface import PanelSurface
 from napari_unetkit._napari.torch_guard import prepare_torch_for_napari
 from napari_unetkit._napari.train_inputs import PairList
-from napari_unetkit._napari.train_job import EpochEnd, Preview, PreviewRequest, training_job
+from napari_unetkit._napari.train_job import Preview, PreviewRequest, training_job
+from napari_unetkit._napari.train_monitor import (  # noqa: F401  (status_text: public here too)
+    TrainingMonitor,
+    duration,
+    metric_name,
+    status_text,
+)
 from napari_unetkit._napari.train_settings import TrainSettings
 from napari_unetkit.checks import Problem, model_file_name
-from napari_unetkit.training import TrainConfig, TrainProgress, TrainResult
+from napari_unetkit.training import TrainConfig, TrainResult
 
 logger = logging.getLogger(__name__)
 
 START_TEXT, STOP_TEXT, STOPPING_TEXT = "Start training", "Stop", "Stopping…"
-#: Resolution of the in-widget progress bar.
-PROGRESS_STEPS = 1000
-#: Shortest time between two GUI updates for the (frequent) per-step events, in seconds.
-STEP_UPDATE_INTERVAL = 0.2
-#: Explains the validation score under the plot (instances mode: F1; classes mode: IoU).
-SCORE_NOTES = {
-    "instances": (
-        "Validation F1 (0 to 1): the share of annotated objects the model finds, each "
-        "overlapping its annotation by at least half (IoU 0.5), measured on data held out from "
-        "training (whole frames, or a band at the edge of a single image). It often stays at 0 "
-        "for the first epochs, until touching objects come out separated."
-    ),
-    "classes": (
-        "Validation IoU (0 to 1): how well the painted classes are predicted (intersection "
-        "over union, averaged over the classes), measured on data held out from training."
-    ),
-}
-
-
-def duration(seconds: float | None) -> str:
-    """Format seconds as ``m:ss`` or ``h:mm:ss``."""
-    if seconds is None or not np.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def metric_name(mode: str) -> str:
-    """Return the name of the validation score: F1 (instances) or IoU (classes)."""
-    return "F1" if mode == "instances" else "IoU"
-
-
-def status_text(event: TrainProgress, metric: str) -> str:
-    """One status line for a progress event, e.g. ``"Epoch 3/50 · step 7/20 · loss 0.41 ..."``.
-
-    Parameters
-    ----------
-    event : TrainProgress
-        The trainer's event.
-    metric : str
-        Name of the validation score (``"F1"`` or ``"IoU"``).
-    """
-    if event.stage == "preparing":
-        return f"Preparing the data ({event.message})…" if event.message else "Preparing…"
-    if event.stage == "done":
-        return "Finishing…"  # the widget then says why training ended, from the result
-    if event.stage in ("calibrating", "saving"):
-        return event.message[:1].upper() + event.message[1:] if event.message else "Saving…"
-    epochs = f"/{event.n_epochs}" if event.n_epochs else ""
-    parts = [f"Epoch {event.epoch}{epochs}"]
-    if event.stage == "validating":
-        parts.append("validating")
-    elif event.steps_per_epoch:
-        parts.append(f"step {event.step}/{event.steps_per_epoch}")
-    if event.train_loss is not None:
-        parts.append(f"loss {event.train_loss:.4f}")
-    if event.val_loss is not None:
-        parts.append(f"val loss {event.val_loss:.4f}")
-    if event.best_score is not None:
-        parts.append(f"best {metric} {event.best_score:.3f}")
-    timing = f"{duration(event.elapsed)} elapsed"
-    if event.eta is not None:
-        timing += f", about {duration(event.eta)} left"
-    parts.append(timing)
-    return " · ".join(parts)
-
-
-def progress_position(event: TrainProgress, config: TrainConfig) -> tuple[int, int] | None:
-    """Return ``(done, total)`` for the progress bars, or ``None`` to leave them as they are.
-
-    Epoch budgets count optimiser steps; time budgets count seconds.
-    """
-    if config.epochs is None:
-        if config.time_limit is None or event.stage == "preparing":
-            return None
-        return min(int(event.elapsed), int(config.time_limit)), int(config.time_limit)
-    total = event.total_steps_estimate
-    if not total or event.stage == "preparing":
-        return None
-    if event.stage == "training" and event.message:
-        return None  # start or epoch summary: its step count is the finished epoch's
-    done = (event.epoch - 1) * event.steps_per_epoch + event.step
-    if event.stage in ("calibrating", "saving", "done"):
-        done = event.epoch * event.steps_per_epoch
-    return min(max(done, 0), total), total
 
 
 def time_limit_text(seconds: float | None) -> str:
@@ -242,71 +158,6 @@ def visible_slice(viewer: napari.viewer.Viewer, image: Image) -> tuple[int, ...]
     )
 
 
-def _wrapping_label(lines: int | None = None) -> Label:
-    """Return a label that wraps long text; with ``lines``, of a fixed height of that many lines.
-
-    A fixed height matters for text that changes many times a second (the status line):
-    otherwise every change may re-layout the dock and resize (redraw) the plot.
-    """
-    label = Label(value="")
-    label.native.setWordWrap(True)
-    # The whole width of the dock (magicgui's labels are as wide as their text, so long
-    # messages would wrap into a narrow column).
-    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-    if lines is not None:
-        spacing = label.native.fontMetrics().lineSpacing()
-        label.native.setFixedHeight(lines * spacing + 4)
-    return label
-
-
-class _UndockWatch(QObject):
-    """Calls ``callback`` when ``widget`` is taken out of its dock (napari's panel close button).
-
-    napari does not delete a removed dock's widget, it only unparents it; without this a
-    training started from a closed panel would go on unseen.
-    """
-
-    def __init__(self, widget: QWidget, callback: Callable[[], None]) -> None:
-        super().__init__(widget)
-        self._callback = callback
-        widget.installEventFilter(self)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Watch for the parent change that leaves the widget without a parent."""
-        if event.type() == QEvent.Type.ParentChange and watched.parent() is None:
-            self._callback()
-        return False
-
-
-class _VerticalScrollArea(QScrollArea):
-    """A scroll area that scrolls vertically only and is always as wide as its content."""
-
-    def __init__(self, content: QWidget) -> None:
-        super().__init__()
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setWidget(content)
-        content.installEventFilter(self)
-
-    def minimumSizeHint(self) -> QSize:
-        """Return the content's minimum width (plus the scroll bar) and a small height."""
-        width = self.widget().minimumSizeHint().width()
-        width += self.verticalScrollBar().sizeHint().width()
-        return QSize(width, super().minimumSizeHint().height())
-
-    def sizeHint(self) -> QSize:
-        """Return at least the minimum width (QScrollArea's own hint may be narrower)."""
-        hint = super().sizeHint()
-        return QSize(max(hint.width(), self.minimumSizeHint().width()), hint.height())
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Follow the content's size: once styled or changed, it may need more width."""
-        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
-            self.updateGeometry()
-        return super().eventFilter(watched, event)
-
-
 class TrainWidget(PanelSurface, Container):
     """Train a U-Net on annotated layers, watch it learn, and keep the best model.
 
@@ -332,7 +183,6 @@ class TrainWidget(PanelSurface, Container):
         self._preview_source: Image | None = None
         self._preview_name = ""
         self._previewed: tuple[int, ...] | None = None
-        self._last_step_update = 0.0
         self._outcome = ""  # "result" or "error" once the run has ended that way
         self._closed_while_running = False
         self._unused_result: TrainResult | None = None  # a model not handed over (score 0)
@@ -365,16 +215,14 @@ class TrainWidget(PanelSurface, Container):
         )
         self._preview_every = SpinBox(label="every", min=1, max=10_000, value=5)
         self._preview_every.tooltip = "Preview after every N-th epoch (each costs a prediction)."
-        self._message = _wrapping_label()
+        self._message = wrapping_label()
         self._start = PushButton(text=START_TEXT)
         self._button = self._start
-        self._progress = ProgressBar(min=0, max=PROGRESS_STEPS, value=0)
-        self._status = _wrapping_label(lines=3)
-        theme = get_theme(self._viewer.theme)
-        self._plot = LossPlot(theme.background.as_hex(), theme.text.as_hex())
-        self._score_note = _wrapping_label()
-        self._score_note.native.setStyleSheet("font-size: small;")
-        self._summary = _wrapping_label()
+        self._monitor = TrainingMonitor(self._viewer.theme)
+        # The monitor's parts, by the names this panel always had.
+        self._progress, self._status = self._monitor.progress, self._monitor.status
+        self._plot, self._score_note = self._monitor.plot, self._monitor.score_note
+        self._summary = wrapping_label()
         self._use_anyway = PushButton(text="Use this model for prediction anyway", visible=False)
         self._use_anyway.tooltip = (
             "Hand this model to the Predict panel although its validation score is 0."
@@ -399,28 +247,13 @@ class TrainWidget(PanelSurface, Container):
                 preview_row,
                 self._message,
                 self._start,
-                self._progress,
-                self._status,
-                self._plot,
-                self._score_note,
+                self._monitor,
                 self._summary,
                 self._use_anyway,
             ],
         )
         self.append(body)  # a magicgui child, so that napari's reset_choices reaches the pairs
-        self._scroll_area(body)
-
-    def _scroll_area(self, body: Container) -> None:
-        """Show ``body`` in a vertical scroll area, so that the dock fits smaller screens.
-
-        The widget is taller than many laptop screens; without a scroll area napari would make
-        its window taller than the screen and hide the plot. (magicgui's ``scrollable=True``
-        does not help: napari docks the container's inner widget, without the scroll area.)
-        """
-        body.native.layout().addStretch()  # in a tall dock, the fields stay together at the top
-        self.margins = (0, 0, 0, 0)
-        self.scroll_area = _VerticalScrollArea(body.native)
-        self.native.layout().addWidget(self.scroll_area)
+        self.scroll_area = scroll_body(self, body)  # the dock fits smaller screens
 
     def _connect(self) -> None:
         self._mode.changed.connect(self._mode_changed)
@@ -432,7 +265,7 @@ class TrainWidget(PanelSurface, Container):
             field.changed.connect(self._update_request)
         self._viewer.dims.events.current_step.connect(self._follow_slice)
         self.native.destroyed.connect(self._closed)
-        self._undock_watch = _UndockWatch(self.native, self._stop_if_running)
+        self._undock_watch = UndockWatch(self.native, self._stop_if_running)
 
     def _closed(self, *_: object) -> None:
         """Stop training and touch no widget again: the dock (or the whole viewer) is gone.
@@ -462,8 +295,7 @@ class TrainWidget(PanelSurface, Container):
         instances = self._mode.value == "instances"
         self._settings.show_weight_fields(instances)
         if not self._runner.running:
-            self._plot.reset(f"validation {metric_name(self._mode.value)}")
-        self._score_note.value = SCORE_NOTES[self._mode.value]
+            self._monitor.set_mode(self._mode.value)
         self._validate()
 
     def _suggest_file_name(self, *_: object) -> None:
@@ -544,13 +376,12 @@ class TrainWidget(PanelSurface, Container):
             self._message.value = str(error)
             return None
         self._config = config
-        self._last_step_update = 0.0
         self._outcome = ""
         self._closed_while_running = False
         self._unused_result = None
         self._use_anyway.visible = False
         self._prepare_preview(data.name)
-        self._plot.reset(f"validation {metric_name(mode)}")
+        self._monitor.begin(config)
         self._summary.value = ""
         self._message.value = f"Training; the model goes to {out}"
         self._set_running(True)
@@ -571,9 +402,6 @@ class TrainWidget(PanelSurface, Container):
             part.enabled = not running
         self._start.text = STOP_TEXT if running else START_TEXT
         self._start.enabled = True
-        if running:
-            self._progress.value = 0
-            self._status.value = "Starting…"
 
     # -- preview ------------------------------------------------------------------------------
     def _prepare_preview(self, name: str) -> None:
@@ -635,55 +463,18 @@ class TrainWidget(PanelSurface, Container):
     def _on_event(self, event: object) -> tuple[int, int] | None:
         if not self._alive:
             return None
-        if isinstance(event, EpochEnd):
-            entry = event.entry
-            score = entry.get("val_f1", entry.get("val_iou"))
-            self._plot.add_epoch(
-                entry["epoch"], entry.get("train_loss"), entry.get("val_loss"), score
-            )
-            return None
         if isinstance(event, Preview):
             self._show_preview(event)
             return None
-        if not isinstance(event, TrainProgress) or self._skip_step(event):
-            return None
-        if event.stage == "training" and not self._plot.epochs:
-            self._plot.expect_loss(event.train_loss)
-        self._status.value = status_text(event, metric_name(self._config.mode))
-        position = progress_position(event, self._config)
-        if position is not None:
-            self._show_progress(round(PROGRESS_STEPS * position[0] / position[1]))
-        return position
-
-    def _show_progress(self, value: int) -> None:
-        """Move the progress bar without the immediate repaint QProgressBar does.
-
-        An immediate repaint composes napari's whole (OpenGL) window; with updates disabled
-        meanwhile, the change joins the next regular paint.
-        """
-        bar = self._progress.native
-        bar.setUpdatesEnabled(False)
-        self._progress.value = value
-        bar.setUpdatesEnabled(True)
-
-    def _skip_step(self, event: TrainProgress) -> bool:
-        """Whether to skip a per-step event because the last GUI update was a moment ago."""
-        if event.stage != "training" or event.message:
-            return False  # stage changes and epoch summaries are always shown
-        now = time.perf_counter()
-        if now - self._last_step_update < STEP_UPDATE_INTERVAL:
-            return True
-        self._last_step_update = now
-        return False
+        return self._monitor.show(event)
 
     def _on_result(self, result: TrainResult) -> None:
         self._outcome = "result"
         if not self._alive or result is None:
             return
         closed = self._closed_while_running
-        self._status.value = end_status(result, self._config, closed)
+        self._monitor.finish(end_status(result, self._config, closed))
         self._summary.value = summary_text(result, self._config.mode, self._config, closed)
-        self._show_progress(PROGRESS_STEPS)
         if zero_score(result):
             self._unused_result = result
             self._use_anyway.visible = True
