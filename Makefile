@@ -13,8 +13,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Runtime install (editable); re-run when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Runtime install (editable); re-run when pyproject.toml or the manifest changes (the install
+# copies napari.yaml into the package, see scripts/build_hooks.py).
+$(VENV)/.installed: pyproject.toml napari.yaml scripts/build_hooks.py | $(BIN)/python
 	$(BIN)/python -m pip install --progress-bar off -e .
 	touch $@
 
