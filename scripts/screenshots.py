@@ -98,11 +98,11 @@ def wait_until(condition, timeout: float, what: str) -> None:
 def run_prediction(viewer, widget, result: str) -> None:
     """Press the Predict panel's Run button and wait for the ``result`` layer."""
     wait(200)
-    assert widget._run.enabled, widget._message.value
-    widget._run.native.click()
-    wait_until(lambda: not widget._runner.running, TIMEOUT, result)
-    print(widget._message.value)
-    assert result in viewer.layers, widget._message.value
+    assert widget.can_start, widget.message
+    widget.press_start()
+    wait_until(lambda: not widget.running, TIMEOUT, result)
+    print(widget.message)
+    assert result in viewer.layers, widget.message
 
 
 def close_notifications(viewer) -> None:
@@ -214,24 +214,24 @@ def menus(viewer, out: Path) -> None:
 def train(viewer, out: Path) -> None:
     """Train on the 2D sample through the Train widget; screenshot while it trains."""
     widget = dock(viewer, "Train U-Net")
-    settings = widget._settings
-    row = widget._pairs.rows[0]
+    settings = widget.settings_form
+    row = widget.pairs.rows[0]
     assert row.image.value is viewer.layers["nuclei"], row.image.value
     assert row.labels_choice.value is viewer.layers["nuclei labels"], row.labels_choice.value
     settings.size.value = MODEL_SIZE
     settings.train_for.value = "epochs"
     settings.epochs.value = EPOCHS
-    widget._preview.value = True
-    widget._preview_every.value = 1
+    widget.set_inputs(preview=True, preview_every=1)
     wait(200)
-    assert widget._start.enabled, widget._message.value
-    widget._start.native.click()
+    assert widget.can_start, widget.message
+    widget.press_start()
     wait_until(lambda: "nuclei preview" in viewer.layers, 30, "the preview layer")
     show_only(viewer, "nuclei", "nuclei preview")
     viewer.layers.selection.active = viewer.layers["nuclei"]
 
     def last_epoch() -> bool:  # every other epoch is on the plot, and previewed
-        done = len(widget._plot.epochs) >= EPOCHS - 1 and widget._previewed is not None
+        previewed = "nuclei preview" in viewer.layers and viewer.layers["nuclei preview"].data.any()
+        done = len(widget.plot.epochs) >= EPOCHS - 1 and previewed
         return done or not widget.runner.running
 
     wait_until(last_epoch, TIMEOUT, "the last epoch")
@@ -241,19 +241,19 @@ def train(viewer, out: Path) -> None:
     save(viewer, out / "napari-train.png")
     wait_until(lambda: not widget.runner.running, TIMEOUT, "the end of training")
     wait(500)
-    print(widget._summary.value.replace("\n", " "))
-    assert "Saved to" in widget._summary.value, widget._status.value
-    if not widget._use_anyway.native.isHidden():
+    print(widget.summary.replace("\n", " "))
+    assert "Saved to" in widget.summary, widget.status
+    if widget.can_use_anyway:
         print("Warning: the model's validation score is 0; it is handed over anyway.")
-        widget._use_anyway.native.click()
+        widget.use_model_anyway()
     undock(viewer, widget)
 
 
 def predict(viewer, out: Path) -> None:
     """Predict the 2D sample with the model just trained, through the Predict widget."""
     widget = dock(viewer, "Predict with U-Net")
-    assert widget._source.value == "session", widget._source.value
-    widget._image.value = viewer.layers["nuclei"]
+    assert widget.fields["source"].value == "session", widget.fields["source"].value
+    widget.set_inputs(image=viewer.layers["nuclei"])
     run_prediction(viewer, widget, "nuclei prediction")
     show_only(viewer, "nuclei", "nuclei prediction")
     viewer.layers.selection.active = viewer.layers["nuclei prediction"]
@@ -264,11 +264,11 @@ def predict(viewer, out: Path) -> None:
 def weight_map(viewer, out: Path) -> None:
     """Compute the boundary weight map of the sample's labels, through its widget."""
     widget = dock(viewer, "Boundary weight map")
-    widget._labels.value = viewer.layers["nuclei labels"]
+    widget.set_inputs(labels=viewer.layers["nuclei labels"])
     wait(200)
-    widget._run.native.click()
+    widget.press_start()
     wait_until(lambda: "nuclei labels weights" in viewer.layers, TIMEOUT, "the weight map")
-    wait_until(lambda: not widget._runner.running, TIMEOUT, "the weight map job")
+    wait_until(lambda: not widget.running, TIMEOUT, "the weight map job")
     show_only(viewer, "nuclei labels weights")
     viewer.layers.selection.active = viewer.layers["nuclei labels weights"]
     save(viewer, out / "napari-weightmap.png")
@@ -295,12 +295,12 @@ def sparse(viewer, out: Path) -> None:
         edge_width=2,
     )
     widget = dock(viewer, "Train U-Net")
-    row = widget._pairs.rows[0]
+    row = widget.pairs.rows[0]
     row.image.value = viewer.layers["nuclei"]
     row.labels_choice.value = viewer.layers["nuclei labels"]
     row.region.value = viewer.layers["annotated region"]
     wait(200)
-    assert widget._start.enabled, widget._message.value
+    assert widget.can_start, widget.message
     show_only(viewer, "nuclei", "nuclei labels", "annotated region")
     viewer.layers.selection.active = viewer.layers["annotated region"]
     scroll(widget, "top")
@@ -313,8 +313,7 @@ def stack(viewer, out: Path) -> None:
     viewer.layers.clear()
     viewer.open_sample(PLUGIN, "nuclei_3d")
     widget = dock(viewer, "Predict with U-Net")
-    widget._image.value = viewer.layers["nuclei stack"]
-    widget._link_3d.value = True
+    widget.set_inputs(image=viewer.layers["nuclei stack"], link_3d=True)
     run_prediction(viewer, widget, "nuclei stack prediction")
     show_only(viewer, "nuclei stack", "nuclei stack prediction")
     viewer.layers.selection.active = viewer.layers["nuclei stack prediction"]
