@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/big_data.py [--size 16384] [--slices 2] [--block 4096] [--model FILE]
+    python benchmarks/big_data.py [--size 16384] [--slices 2] [--block 2048] [--model FILE]
                                   [--network {default,small}] [--train-seconds S]
                                   [--workdir DIR] [--json PATH]
     python benchmarks/big_data.py --quick     # 2 x 2048 x 2048, blocks of 1024 px
@@ -22,7 +22,7 @@ local cluster) is sampled every 50 ms. Steps:
    synthetic nuclei, and a second one 4x larger (``slices x 2 size x 2 size``);
 3. **memory**: the peak RSS predicting each input into instance labels (int32, zarr); slices
    with more than ``block**2`` pixels are cut into blocks of ``--block`` px
-   (``--block-size``, default 4096 as in the product), so the
+   (``--block-size``, default 2048 as in the product), so the
    larger input has 4x the blocks of the same size; the growth of the peak is the figure
    that matters;
 4. **workers**: throughput (megapixels per second) of the first input in one process (2 torch
@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from napari_unetkit import bigio
 
 MIB = 2**20
 SAMPLE_INTERVAL = 0.05
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--slices", type=int, default=2)
-    parser.add_argument("--block", type=int, default=4096)
+    parser.add_argument("--block", type=int, default=bigio.DEFAULT_BLOCK)
     parser.add_argument("--quick", action="store_true", help="2 x 2048 x 2048, 1024 px blocks")
     parser.add_argument("--model", type=Path)
     parser.add_argument(

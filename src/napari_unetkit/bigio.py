@@ -25,6 +25,15 @@ from typing import Any
 import numpy as np
 
 #: Folder suffix of a zarr store (``.ome.zarr`` ends with it too).
+#: Default block side (pixels) for slices larger than a block, rounded up to a multiple of the
+#: chunk; it bounds the working memory of one part of a chunked prediction (docs/big-data.md).
+DEFAULT_BLOCK = 2048
+#: Slices with at most this many pixels are one part, labelled whole (as in memory).
+PLANE_PIXELS = DEFAULT_BLOCK * DEFAULT_BLOCK
+#: Default output chunk side (pixels) along Y and X.
+DEFAULT_CHUNK = 1024
+#: Default context (pixels) added to a block for instances: larger than any object.
+DEFAULT_MARGIN = 128
 ZARR_SUFFIX = ".zarr"
 #: The NGFF version of the metadata written.
 NGFF_VERSION = "0.4"

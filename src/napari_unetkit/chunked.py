@@ -56,20 +56,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_unetkit import bigio, layout
+from napari_unetkit.bigio import DEFAULT_BLOCK, DEFAULT_CHUNK, DEFAULT_MARGIN, PLANE_PIXELS
 from napari_unetkit.normalization import apply_percentiles, image_percentiles
 from napari_unetkit.postprocess import InstanceSettings, semantic_from_probabilities
 from napari_unetkit.prediction import Predictor, _normalization_settings
 from napari_unetkit.progress import Cancelled, check_cancel
 from napari_unetkit.tiling import reflect_indices
 
-#: Slices with at most this many pixels are one unit, labelled whole (as in memory).
-PLANE_PIXELS = 4096 * 4096
-#: Default block side (pixels) for larger slices, rounded up to a multiple of the chunk.
-DEFAULT_BLOCK = 4096
-#: Default output chunk side (pixels) along Y and X.
-DEFAULT_CHUNK = 1024
-#: Default context (pixels) added to a block for instances: larger than any object.
-DEFAULT_MARGIN = 128
 #: Folder of completion markers inside the output store.
 DONE_FOLDER = "unetkit-done"
 #: Largest id an ``int32`` labels array can hold.

@@ -51,21 +51,25 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--scheduler", help="Run zarr outputs on this dask scheduler address.")
     group.add_argument(
-        "--chunk-size", type=int, default=1024, help="Output chunk side in pixels (default 1024)."
+        "--chunk-size",
+        type=int,
+        default=bigio.DEFAULT_CHUNK,
+        help=f"Output chunk side in pixels (default {bigio.DEFAULT_CHUNK}).",
     )
     group.add_argument(
         "--block-size",
         type=int,
-        default=4096,
+        default=bigio.DEFAULT_BLOCK,
         help="Slices with more pixels than this side squared are predicted in square blocks of "
-        "this side, rounded up to the chunk size; smaller slices whole (default 4096).",
+        f"this side, rounded up to the chunk size; smaller slices whole (default "
+        f"{bigio.DEFAULT_BLOCK}).",
     )
     group.add_argument(
         "--margin",
         type=int,
-        default=128,
+        default=bigio.DEFAULT_MARGIN,
         help="Context in pixels around each block (see --block-size); larger than the largest "
-        "object (default 128).",
+        f"object (default {bigio.DEFAULT_MARGIN}).",
     )
 
 
