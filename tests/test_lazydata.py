@@ -235,6 +235,7 @@ def test_bad_lazy_input_gets_the_in_memory_messages():
 # ------------------------------------------------------------------------ what is read
 
 
+@pytest.mark.slow
 def test_training_never_reads_the_whole_image(tmp_path, monkeypatch):
     """Counting stores: training reads a part of the image, and labels only tile by tile."""
     monkeypatch.setattr(lazydata, "NORMALIZATION_BLOCKS", 4)

@@ -125,6 +125,7 @@ ODD_TRAINING_DATA = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ODD_TRAINING_DATA))
 def test_odd_but_valid_training_data_trains(case, tmp_path):
     shape, overrides = ODD_TRAINING_DATA[case]
