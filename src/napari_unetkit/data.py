@@ -182,30 +182,50 @@ class TrainingData:
             Mode, classes, channels, slice counts and sizes, annotated pixels per class,
             normalisation and weight-map settings, and per-pair shapes.
         """
-        shapes = np.array([s.shape for s in self.slices]).reshape(-1, 2)
         class_pixels = np.zeros(self.n_classes, dtype=np.int64)
         for s in self.slices:
             annotated = s.weights > 0
             class_pixels += np.bincount(s.target[annotated], minlength=self.n_classes)
-        return {
-            "mode": self.mode,
-            "n_classes": self.n_classes,
-            "in_channels": self.in_channels,
-            "class_names": list(self.class_names),
-            "n_slices": len(self.slices),
-            "slice_shape_min": shapes.min(axis=0).tolist() if len(shapes) else None,
-            "slice_shape_max": shapes.max(axis=0).tolist() if len(shapes) else None,
-            "annotated_pixels": int(class_pixels.sum()),
-            "class_pixels": class_pixels.tolist(),
-            "normalization": self.normalization.to_dict(),
-            "weightmap": None if self.weightmap is None else self.weightmap.to_dict(),
-            "pairs": [dict(pair) for pair in self.pairs],
-        }
+        return data_summary(self, class_pixels)
 
 
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
+
+
+def data_summary(data: Any, class_pixels: np.ndarray) -> dict:
+    """Return the JSON-serialisable data description both training-data kinds give.
+
+    Parameters
+    ----------
+    data : TrainingData or napari_unetkit.lazydata.LazyTrainingData
+        Anything with ``mode``, ``n_classes``, ``in_channels``, ``class_names``, ``slices``
+        (each with ``shape``), ``normalization``, ``weightmap`` and ``pairs``.
+    class_pixels : numpy.ndarray
+        Annotated pixels per class.
+
+    Returns
+    -------
+    dict
+        Mode, classes, channels, slice counts and sizes, annotated pixels per class,
+        normalisation and weight-map settings, and per-pair shapes.
+    """
+    shapes = np.array([s.shape for s in data.slices]).reshape(-1, 2)
+    return {
+        "mode": data.mode,
+        "n_classes": data.n_classes,
+        "in_channels": data.in_channels,
+        "class_names": list(data.class_names),
+        "n_slices": len(data.slices),
+        "slice_shape_min": shapes.min(axis=0).tolist() if len(shapes) else None,
+        "slice_shape_max": shapes.max(axis=0).tolist() if len(shapes) else None,
+        "annotated_pixels": int(class_pixels.sum()),
+        "class_pixels": class_pixels.tolist(),
+        "normalization": data.normalization.to_dict(),
+        "weightmap": None if data.weightmap is None else data.weightmap.to_dict(),
+        "pairs": [dict(pair) for pair in data.pairs],
+    }
 
 
 def _as_array(data: Any) -> Any:

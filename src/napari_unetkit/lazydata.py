@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unetkit import data as data_module
 from napari_unetkit import layout
 from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.checks import negative_labels_problem
@@ -398,25 +399,10 @@ class LazyTrainingData:
         dict
             The same keys, from the annotation index (``"lazy": True`` added).
         """
-        shapes = np.array([s.shape for s in self.slices]).reshape(-1, 2)
         class_pixels = np.zeros(self.n_classes, dtype=np.int64)
         for s in self.slices:
             class_pixels[: s.class_counts.size] += s.class_counts[: self.n_classes]
-        return {
-            "mode": self.mode,
-            "n_classes": self.n_classes,
-            "in_channels": self.in_channels,
-            "class_names": list(self.class_names),
-            "n_slices": len(self.slices),
-            "slice_shape_min": shapes.min(axis=0).tolist() if len(shapes) else None,
-            "slice_shape_max": shapes.max(axis=0).tolist() if len(shapes) else None,
-            "annotated_pixels": int(class_pixels.sum()),
-            "class_pixels": class_pixels.tolist(),
-            "normalization": self.normalization.to_dict(),
-            "weightmap": None if self.weightmap is None else self.weightmap.to_dict(),
-            "pairs": [dict(pair) for pair in self.pairs],
-            "lazy": True,
-        }
+        return {**data_module.data_summary(self, class_pixels), "lazy": True}
 
     # ------------------------------------------------------------------ reading
 
