@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_unetkit import data as data_module
 from napari_unetkit import layout
 from napari_unetkit.augmentation import AugmentationSettings
 from napari_unetkit.checks import negative_labels_problem
@@ -73,6 +72,7 @@ from napari_unetkit.data import (
     _pair_info,
     _patch_shape,
     _resolve_weightmap,
+    data_summary,
     per_class_weights,
 )
 from napari_unetkit.normalization import NormalizationSettings, apply_percentiles
@@ -402,7 +402,7 @@ class LazyTrainingData:
         class_pixels = np.zeros(self.n_classes, dtype=np.int64)
         for s in self.slices:
             class_pixels[: s.class_counts.size] += s.class_counts[: self.n_classes]
-        return {**data_module.data_summary(self, class_pixels), "lazy": True}
+        return {**data_summary(self, class_pixels), "lazy": True}
 
     # ------------------------------------------------------------------ reading
 
