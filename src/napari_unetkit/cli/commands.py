@@ -410,8 +410,8 @@ def _training_values(
 
     ``data_name`` defaults to the first image's name, as the napari panel names its data.
     With ``--init-from`` the trainer replaces what the model fixes (architecture, mode,
-    classes, channels, normalisation); the same default learning rate serves both (measured in
-    benchmarks/annotation_efficiency.py: a quarter of it was not better overall).
+    classes, channels, normalisation); fine-tuning uses the same default learning rate as
+    training from scratch.
     """
     from napari_unetkit.augmentation import AugmentationSettings
     from napari_unetkit.training import TrainConfig
