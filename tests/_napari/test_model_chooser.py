@@ -54,6 +54,12 @@ def test_recent_models_newest_first_with_date_data_and_score(models):
     assert describe_file(cells).score == load_model(cells)[1]["metrics"]["best_validation_score"]
 
 
+def test_recent_models_ignore_the_case_of_the_suffix(tmp_path):
+    upper = save(tmp_path / "OLD.UNET", "cells", 0.5, age_s=0)
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert [model.path for model in recent_models([tmp_path])] == [upper.resolve()]
+
+
 @pytest.mark.gui
 def test_predict_panel_offers_the_remembered_folders_models(make_napari_viewer, models):
     folder, (cells, cells2, tissue) = models

@@ -12,11 +12,13 @@ from napari_unetkit._napari import model_chooser
 from napari_unetkit._napari.layers import METADATA_KEY
 from napari_unetkit._napari.session import SESSION, TrainedModel
 from napari_unetkit._napari.torch_guard import protect_from_triton_crash
+from napari_unetkit.checks import predict_problems
 from napari_unetkit.model import UNet, UNetConfig
 from napari_unetkit.modelfile import load_model, save_model
 from napari_unetkit.normalization import NormalizationSettings
 from napari_unetkit.prediction import Predictor
 from napari_unetkit.synthetic import synthetic_nuclei
+from napari_unetkit.tiling import default_halo
 from napari_unetkit.training import TrainConfig, train
 
 pytestmark = pytest.mark.gui
@@ -270,7 +272,7 @@ def test_cancel_adds_no_layer(make_napari_viewer, qtbot, instance_model):
     viewer.add_image(np.random.default_rng(0).random((3, 256, 256), np.float32), name="big")
     widget = dock(viewer)
     widget.fields["model_file"].value = instance_model
-    widget.fields["tile_size"].value = 16  # hundreds of tiles
+    widget.fields["tile_size"].value = 24  # the model's halo: hundreds of tiles
     widget.press_start()
     assert widget.runner.running and widget.button_text == "Cancel"
     widget.press_start()
@@ -278,6 +280,23 @@ def test_cancel_adds_no_layer(make_napari_viewer, qtbot, instance_model):
     assert predictions(viewer) == [] and [layer.name for layer in viewer.layers] == ["big"]
     assert "Cancelled" in widget.message
     assert widget.button_text == "Run" and widget.can_start
+
+
+def test_tile_smaller_than_the_halo_is_refused_as_by_the_cli(
+    make_napari_viewer, qtbot, instance_model
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_nuclei(shape=(64, 64), seed=1)[0], name="cells")
+    widget = dock(viewer)
+    widget.fields["model_file"].value = instance_model
+    assert widget.can_start  # automatic tile size
+    widget.fields["tile_size"].value = 16
+    halo = default_halo(load_model(instance_model)[0].config)
+    expected = predict_problems(tile_size=16, halo=halo)
+    assert halo > 16 and widget.problems == expected
+    assert not widget.can_start and set(widget.marked_fields()) == {"tile_size"}
+    widget.fields["tile_size"].value = halo
+    assert widget.can_start and widget.marked_fields() == {}
 
 
 # ------------------------------------------------------------------------------------ session

@@ -155,8 +155,8 @@ def recent_models(folders: Iterable[Path], limit: int = MAX_RECENT) -> list[Rece
     files: dict[Path, float] = {}
     for folder in folders:
         try:
-            for path in folder.glob(f"*{SUFFIX}"):
-                if path.is_file():
+            for path in folder.iterdir():
+                if path.suffix.lower() == SUFFIX and path.is_file():
                     files[path.resolve()] = path.stat().st_mtime
         except OSError as error:
             logger.info("Cannot list models in %s: %s", folder, error)

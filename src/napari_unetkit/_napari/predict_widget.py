@@ -59,7 +59,7 @@ from napari_unetkit.device import available_devices, describe_device
 from napari_unetkit.modelfile import describe_model
 from napari_unetkit.prediction import PredictionResult, Predictor
 from napari_unetkit.progress import JobStarted, SliceProgress, Step
-from napari_unetkit.tiling import MAX_AUTO_TILE_CPU
+from napari_unetkit.tiling import MAX_AUTO_TILE_CPU, default_halo
 
 RUN_TEXT = "Run"
 CANCEL_TEXT = "Cancel"
@@ -119,11 +119,21 @@ class RunContext:
 # ------------------------------------------------------------------------------ validation
 
 
-def image_problems(layer: Image, chosen: ChosenModel) -> list[Problem]:
-    """Run the engine's prediction pre-check on an image layer for a model (field ``image``)."""
+def image_problems(
+    layer: Image, chosen: ChosenModel, tile_size: int | None = None
+) -> list[Problem]:
+    """Run the engine's prediction pre-check on an image layer for a model.
+
+    ``tile_size`` (``None``: automatic) is checked against the model's halo as ``unetkit
+    predict --tile-size`` is (field ``tile_size``); the image's problems have field ``image``.
+    """
     data, channel_axis = image_data(layer)
     return predict_problems(
-        image_shape=tuple(data.shape), channel_axis=channel_axis, in_channels=chosen.in_channels
+        image_shape=tuple(data.shape),
+        channel_axis=channel_axis,
+        in_channels=chosen.in_channels,
+        tile_size=tile_size,
+        halo=default_halo(chosen.model.config),
     )
 
 
@@ -421,6 +431,7 @@ class PredictWidget(PanelSurface, Container):
             self._output,
             self._current_slice,
             self._own_settings,
+            self._tile_size,
         ):
             field_.changed.connect(self._validate)
         for field_ in (*self._bigdata.inputs, self._probabilities):
@@ -465,7 +476,7 @@ class PredictWidget(PanelSurface, Container):
         if problem is not None:
             self._problems = [Problem("image", problem)]
             return problem
-        self._problems = image_problems(layer, self.model)
+        self._problems = image_problems(layer, self.model, int(self._tile_size.value) or None)
         if self._problems:
             return self._problems[0].message
         if self._current_slice.value and self._is_stack(layer):
