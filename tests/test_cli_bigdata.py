@@ -1,5 +1,6 @@
 """``unetkit predict`` with zarr outputs, patterns and folders, and dask clusters."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -227,3 +228,21 @@ def test_workers_option_runs_a_local_cluster(model_file, tmp_path):
     assert done.returncode == 0, done.stderr
     labels = zarr.open_array(str(out / "0"), mode="r")[...]
     assert same_up_to_renumbering(labels, engine(model_file).predict(image).labels)
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_keep_the_adaptive_allocator(monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    # dask's default gives every worker MALLOC_TRIM_THRESHOLD_; the product's cluster does not.
+    default = dask.config.get("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_TRIM_THRESHOLD_" in default
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with (
+        chunked.start_local_cluster(1) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.getpid()))
+    ((trim, pid),) = seen.values()
+    assert trim is None and pid != os.getpid()  # a separate worker process

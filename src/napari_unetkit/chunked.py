@@ -685,6 +685,24 @@ def _run_on_cluster(client, job: WorkerJob, units: list[Unit], cancel):
 
 # ------------------------------------------------------------------------------- workers
 
+
+def start_local_cluster(workers: int):
+    """Start a ``distributed.LocalCluster`` of ``workers`` worker processes, one thread each.
+
+    The workers keep glibc's adaptive allocator: the ``MALLOC_TRIM_THRESHOLD_`` that dask's
+    nannies set by default is left out for them (one set in this process's environment still
+    reaches them), because with it every large tensor is mapped and unmapped afresh (see
+    ``docs/big-data.md``). The caller closes the cluster.
+    """
+    dask = bigio.require("dask", "distributed")
+    distributed = bigio.require("distributed", "distributed")
+    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    with dask.config.set({key: None}):
+        return distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+
+
 _WORKER_CACHE: dict[tuple, Any] = {}
 _WORKER_LOCK = threading.Lock()
 

@@ -150,13 +150,13 @@ def _client(args: argparse.Namespace, stack: ExitStack):
     """Return a client for --workers / --scheduler (closed with ``stack``), or ``None``."""
     if args.workers is None and args.scheduler is None:
         return None
+    from napari_unetkit import chunked
+
     distributed = bigio.require("distributed", "distributed")
     if args.scheduler is not None:
         client = distributed.Client(args.scheduler)
     else:
-        cluster = distributed.LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+        cluster = chunked.start_local_cluster(args.workers)
         stack.callback(cluster.close)
         client = distributed.Client(cluster)
     stack.callback(client.close)
