@@ -116,6 +116,9 @@ def test_folder_mode_reports_a_broken_file_and_goes_on(
     assert widget.fields["image"].native.isHidden() and "folder of images" in widget.message
     widget.bigdata.input_folder.value = plate
     widget.bigdata.output_folder.value = results
+    widget.fields["tile_size"].value = 8  # below the model's halo: refused as by the CLI
+    assert not widget.can_start and set(widget.marked_fields()) == {"tile_size"}
+    widget.fields["tile_size"].value = 0
     run_and_wait(qtbot, widget)
     assert "2 written, 0 skipped" in widget.message and "1 failed" in widget.message
     assert "b.tif" in widget.message

@@ -137,6 +137,11 @@ def image_problems(
     )
 
 
+def tile_problems(chosen: ChosenModel, tile_size: int | None) -> list[Problem]:
+    """Run the pre-check of the tile size alone (see :func:`image_problems`), for Folder mode."""
+    return predict_problems(tile_size=tile_size, halo=default_halo(chosen.model.config))
+
+
 def visible_slice(viewer: napari.viewer.Viewer, layer: Image) -> tuple[int, ...] | None:
     """Return the index of ``layer``'s slice shown in the viewer (``None`` if none is shown).
 
@@ -466,8 +471,11 @@ class PredictWidget(PanelSurface, Container):
             return problem
         layer = self._image.value
         folder_or_store = self._bigdata.problem(layer, self.model, self._probabilities.value)
-        if folder_or_store is not None or self._bigdata.folder_mode:
+        if folder_or_store is not None:
             return folder_or_store
+        if self._bigdata.folder_mode:  # no image layer: only the tile size to check here
+            self._problems = tile_problems(self.model, int(self._tile_size.value) or None)
+            return self._problems[0].message if self._problems else None
         if layer is None:
             problem = "Choose an image layer (open an image, or File > Open Sample > U-Net Kit)."
             self._problems = [Problem("image", problem)]
